@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One-time (idempotent) set-up on a fresh machine: virtualenv, pinned packages, data.
+# Used by both README commands and by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+# requirements.lock pins every transitive version (torch==2.14.1, torchvision==0.29.1 among them)
+.venv/bin/python -m pip install -q -c requirements.lock -e '.[test]'
+.venv/bin/python - <<'PY'
+import torch, torchvision
+assert torch.__version__.split("+")[0] == "2.14.1", f"torch {torch.__version__} installed, expected 2.14.1"
+assert torchvision.__version__.split("+")[0] == "0.29.1", f"torchvision {torchvision.__version__}, expected 0.29.1"
+PY
+.venv/bin/dvc pull -q

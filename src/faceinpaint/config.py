@@ -1,0 +1,314 @@
+"""Loading and validating ``params.yaml``.
+
+``params.yaml`` has common sections (data, masks, loss weights read from the paper, backbones)
+and one block per compute profile under ``profiles``; ``profile`` picks the active one
+(``dvc exp run -S profile=smoke``). :func:`load_config` merges the two into a :class:`Config`
+and fails at load time, naming the key path, on unknown keys, wrong types or impossible values.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROFILES = ("smoke", "cpu", "paper")
+MODELS = ("stylegan", "structure", "full", "variant1", "variant2", "pconv", "rfr")
+TEXTURE_MODELS = ("full", "variant1", "variant2")
+
+
+class ConfigError(ValueError):
+    """params.yaml (or an override) is invalid; the message names the key path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+NonNeg = Field(ge=0)
+
+
+def _power_of_two(value: int, name: str) -> int:
+    if value < 8 or value & (value - 1):
+        raise ValueError(f"{name} must be a power of two >= 8, got {value}")
+    return value
+
+
+# ----------------------------------------------------------------------------------- common
+
+
+class DataParams(_Strict):
+    source: str = "data/celeba"
+    """Folder with ``train/`` and ``test/`` subfolders of face images (searched recursively;
+    the parent folder of a file is its identity label). Real CelebA-HQ plugs in here."""
+    crop_box: tuple[int, int, int, int] | None = (19, 59, 159, 199)
+    """(x0, y0, x1, y1) square face crop in source pixels; ``None`` = centred square."""
+    identity_box: tuple[int, int, int, int] | None = (33, 80, 145, 192)
+    """Crop box (source pixels) on which the face-recognition network works best; mapped into
+    the prepared crop for the ID loss and metric. ``None`` = the whole prepared image."""
+    on_bad_file: Literal["error", "skip"] = "error"
+    max_train_images: int | None = Field(default=None, ge=1)
+    max_test_images: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _boxes(self) -> "DataParams":
+        for name in ("crop_box", "identity_box"):
+            box = getattr(self, name)
+            if box is not None and not (box[2] > box[0] >= 0 and box[3] > box[1] >= 0):
+                raise ValueError(f"{name} must be (x0, y0, x1, y1) with x1 > x0 >= 0 and y1 > y0 >= 0, got {box}")
+        if self.crop_box is not None and self.crop_box[2] - self.crop_box[0] != self.crop_box[3] - self.crop_box[1]:
+            raise ValueError(f"crop_box must be square, got {self.crop_box}")
+        return self
+
+
+class MaskParams(_Strict):
+    irregular_source: str = "data/masks/irregular"
+    irregular_bins: int = Field(default=6, ge=1)
+    irregular_per_bin_file: int = Field(default=2000, ge=1)
+    """Files per area bin in the source set (they are stored in bin order)."""
+    train_irregular_prob: float = Field(default=0.25, ge=0.0, le=1.0)
+    """Probability that a training sample gets an irregular mask instead of a random square."""
+    square_min_frac: float = Field(default=0.125, gt=0.0, lt=1.0)
+    square_max_frac: float = Field(default=0.25, gt=0.0, lt=1.0)
+
+
+class StructureLoss(_Strict):
+    """PAPER.md sec. 2: L_S = L2 + 0.8 LPIPS + 0.1 ID + 6 hole + 1 valid."""
+
+    l2: float = Field(default=1.0, ge=0)
+    lpips: float = Field(default=0.8, ge=0)
+    id: float = Field(default=0.1, ge=0)
+    hole: float = Field(default=6.0, ge=0)
+    valid: float = Field(default=1.0, ge=0)
+
+
+class TextureLoss(_Strict):
+    """PAPER.md sec. 3: L_T = 10 perceptual + adversarial + 100 L1; WGAN-GP weight 10."""
+
+    perceptual: float = Field(default=10.0, ge=0)
+    adversarial: float = Field(default=1.0, ge=0)
+    l1: float = Field(default=100.0, ge=0)
+    gradient_penalty: float = Field(default=10.0, ge=0)
+
+
+class PConvLoss(_Strict):
+    """PAPER.md sec. 5 (Liu et al. 2018): valid 1, hole 6, perceptual 0.05, style 120, tv 0.1."""
+
+    valid: float = Field(default=1.0, ge=0)
+    hole: float = Field(default=6.0, ge=0)
+    perceptual: float = Field(default=0.05, ge=0)
+    style: float = Field(default=120.0, ge=0)
+    tv: float = Field(default=0.1, ge=0)
+
+
+class LossParams(_Strict):
+    structure: StructureLoss = StructureLoss()
+    texture: TextureLoss = TextureLoss()
+    pconv: PConvLoss = PConvLoss()
+    rfr: PConvLoss = PConvLoss(style=120.0, perceptual=0.05, hole=6.0, valid=1.0, tv=0.1)
+
+
+class LearningRates(_Strict):
+    """The paper writes "10e-3" (structure) and "10e-4" (texture). ``reading: corrected`` uses
+    1e-3 / 1e-4, ``reading: literal`` 1e-2 / 1e-3 (PAPER.md sec. 6a)."""
+
+    reading: Literal["corrected", "literal"] = "corrected"
+    structure: dict[Literal["corrected", "literal"], float] = {"corrected": 1e-3, "literal": 1e-2}
+    texture: dict[Literal["corrected", "literal"], float] = {"corrected": 1e-4, "literal": 1e-3}
+
+    def lr(self, stage: Literal["structure", "texture"]) -> float:
+        return getattr(self, stage)[self.reading]
+
+
+class BackboneParams(_Strict):
+    """Pretrained feature networks. ``auto`` takes the standard one (VGG16 / AlexNet /
+    Inception) when its weights are in the torch hub cache, else EfficientNet-Lite0."""
+
+    perceptual: Literal["auto", "vgg16", "efficientnet_lite0"] = "auto"
+    lpips: Literal["auto", "alex", "vgg", "efficientnet_lite0"] = "auto"
+    fid: Literal["auto", "inception", "efficientnet_lite0"] = "auto"
+    face_recognition: str = "data/weights/faceapi-recognition"
+
+
+# ---------------------------------------------------------------------------------- profile
+
+
+class TrainBudget(_Strict):
+    """How long a training stage runs; the first limit reached ends it. Budgets only grow a
+    run: re-running with a larger budget continues from the last checkpoint."""
+
+    batch_size: int = Field(default=8, ge=1)
+    max_steps: int = Field(default=1000, ge=0)
+    max_minutes: float | None = Field(default=None, gt=0)
+    log_every: int = Field(default=50, ge=1)
+    checkpoint_every: int = Field(default=500, ge=1)
+    sample_every: int = Field(default=500, ge=1)
+    num_workers: int = Field(default=0, ge=0)
+
+
+class StyleGANParams(TrainBudget):
+    checkpoint: str | None = None
+    """Path to a rosinality-format checkpoint; when set, the prior is loaded instead of trained."""
+    style_dim: int = Field(default=512, ge=8)
+    n_mlp: int = Field(default=8, ge=1)
+    channel_multiplier: int = Field(default=2, ge=1)
+    channel_max: int = Field(default=512, ge=8)
+    lr: float = Field(default=0.002, gt=0)
+    r1: float = Field(default=10.0, ge=0)
+    path_regularize: float = Field(default=2.0, ge=0)
+    path_batch_shrink: int = Field(default=2, ge=1)
+    d_reg_every: int = Field(default=16, ge=1)
+    g_reg_every: int = Field(default=4, ge=1)
+    mixing: float = Field(default=0.9, ge=0, le=1)
+    ema_kimg: float = Field(default=10.0, gt=0)
+    """EMA half-life in thousands of images (Karras et al.)."""
+
+
+class StructureParams(TrainBudget):
+    backbone_blocks: tuple[int, int, int, int] = (3, 4, 14, 3)
+    """IR blocks per stage (IR-50 = 3, 4, 14, 3)."""
+    backbone_widths: tuple[int, int, int, int] = (64, 128, 256, 512)
+
+
+class TextureParams(TrainBudget):
+    base_width: int = Field(default=32, ge=4)
+    max_width: int = Field(default=256, ge=4)
+    critic_width: int = Field(default=64, ge=4)
+    softmax_scale: float = Field(default=10.0, gt=0)
+    lr_decay: float = Field(default=0.96, gt=0, le=1)
+    lr_decay_every: int = Field(default=100_000, ge=1)
+    critic_steps: int = Field(default=1, ge=1)
+
+
+class PConvParams(TrainBudget):
+    base_width: int = Field(default=64, ge=4)
+    lr: float = Field(default=2e-4, gt=0)
+    finetune_lr: float = Field(default=5e-5, gt=0)
+    finetune_fraction: float = Field(default=0.25, ge=0, le=1)
+    """Share of the step budget spent in the fine-tuning phase (frozen encoder BN)."""
+
+
+class RFRParams(TrainBudget):
+    base_width: int = Field(default=64, ge=4)
+    recurrences: int = Field(default=6, ge=1)
+    lr: float = Field(default=2e-4, gt=0)
+    finetune_lr: float = Field(default=5e-5, gt=0)
+    finetune_fraction: float = Field(default=0.25, ge=0, le=1)
+
+
+class EvaluateParams(_Strict):
+    batch_size: int = Field(default=16, ge=1)
+    max_test_images: int | None = Field(default=None, ge=1)
+    irregular_per_bin: int = Field(default=50, ge=1)
+    figure_images: int = Field(default=6, ge=1)
+    bootstrap: int = Field(default=2000, ge=100)
+
+
+class ProfileParams(_Strict):
+    resolution: int
+    stylegan: StyleGANParams
+    structure: StructureParams
+    texture: TextureParams
+    pconv: PConvParams
+    rfr: RFRParams
+    evaluate: EvaluateParams = EvaluateParams()
+
+    @field_validator("resolution")
+    @classmethod
+    def _res(cls, v: int) -> int:
+        return _power_of_two(v, "resolution")
+
+
+class ParamsFile(_Strict):
+    profile: Literal["smoke", "cpu", "paper"] = "cpu"
+    seed: int = Field(default=0, ge=0)
+    data: DataParams = DataParams()
+    masks: MaskParams = MaskParams()
+    losses: LossParams = LossParams()
+    learning_rates: LearningRates = LearningRates()
+    backbones: BackboneParams = BackboneParams()
+    profiles: dict[Literal["smoke", "cpu", "paper"], ProfileParams]
+
+    @model_validator(mode="after")
+    def _active_profile_exists(self) -> "ParamsFile":
+        if self.profile not in self.profiles:
+            raise ValueError(f"profile {self.profile!r} has no block under 'profiles'")
+        return self
+
+
+class Config:
+    """The resolved configuration: common sections plus the active profile's block."""
+
+    def __init__(self, params: ParamsFile, source: Path | None = None):
+        self.params = params
+        self.source = source
+        self.profile_name = params.profile
+        self.profile: ProfileParams = params.profiles[params.profile]
+
+    def __getattr__(self, name: str) -> Any:
+        # common sections first (data, masks, losses, ...), then the profile's (resolution, stylegan, ...)
+        params = self.__dict__["params"]
+        if name in type(params).model_fields:
+            return getattr(params, name)
+        return getattr(self.__dict__["profile"], name)
+
+    @property
+    def n_styles(self) -> int:
+        """pSp/StyleGAN2 style count n = 2 log2(res) - 2 (PAPER.md sec. 2)."""
+        return 2 * int(math.log2(self.resolution)) - 2
+
+    def as_flat_dict(self) -> dict[str, Any]:
+        """Active configuration flattened to ``a.b.c`` keys (for MLflow params)."""
+        out: dict[str, Any] = {"profile": self.profile_name}
+        common = self.params.model_dump(exclude={"profiles", "profile"})
+        _flatten(common, "", out)
+        _flatten(self.profile.model_dump(), "", out)
+        return out
+
+
+def _flatten(d: dict, prefix: str, out: dict) -> None:
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            _flatten(v, key + ".", out)
+        else:
+            out[key] = v
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid parameters in {source}:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not a parameter of this section; check the spelling)"
+        lines.append(f"  {path}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"  {path}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict, source: str = "params.yaml") -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Config(ParamsFile.model_validate(raw), Path(source))
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path = "params.yaml", profile: str | None = None) -> Config:
+    """Read and validate ``params.yaml``; ``profile`` overrides the file's ``profile`` key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: parameters file not found (run from the repository root)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if profile is not None:
+        if profile not in PROFILES:
+            raise ConfigError(f"profile must be one of {PROFILES}, got {profile!r}")
+        raw = dict(raw, profile=profile)
+    return parse_params(raw, str(path))
