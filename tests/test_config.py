@@ -74,3 +74,11 @@ def test_missing_file_is_named(tmp_path):
 def test_flat_dict_has_profile_values():
     flat = load_config(profile="smoke").as_flat_dict()
     assert flat["profile"] == "smoke" and flat["resolution"] == 32 and flat["losses.texture.l1"] == 100.0
+
+
+def test_stage_params_hold_only_what_the_stage_depends_on():
+    cfg = load_config(profile="cpu")
+    tex = cfg.stage_params("texture")
+    assert tex["texture.base_width"] == cfg.texture.base_width and tex["losses.texture.l1"] == 100.0
+    assert tex["resolution"] == 64 and "data.source" in tex and "seed" in tex
+    assert not any(k.startswith(("stylegan.", "pconv.", "losses.structure.", "losses.pconv.")) for k in tex)

@@ -46,6 +46,91 @@ def prepare(params: str, profile: str | None, out: str) -> None:
     click.echo(f"prepared {info['splits']['train']['count']} train / {info['splits']['test']['count']} test images at {cfg.resolution}x{cfg.resolution} into {out}")
 
 
+MODEL_CHOICES = ["stylegan", "structure", "full", "variant1", "variant2", "pconv", "rfr"]
+
+
+@cli.command()
+@click.argument("model", type=click.Choice(MODEL_CHOICES))
+@params_option
+@profile_option
+@click.option("--device", default="cpu", show_default=True, help="torch device (cuda for the paper profile).")
+def train(model: str, params: str, profile: str | None, device: str) -> None:
+    """Train MODEL (resumes from its last checkpoint; a larger budget continues the run)."""
+    from .stages import train_stage
+
+    cfg = _config(params, profile)
+    metrics = train_stage(cfg, model, device)
+    click.echo(f"{model}: {metrics['steps']} steps, {metrics['images_seen']} images in {metrics['train_time_s']:.0f} s ({metrics['stopped_by']})")
+
+
+@cli.command()
+@click.argument("model", type=click.Choice([*MODEL_CHOICES[1:], "biharmonic"]))
+@params_option
+@profile_option
+@click.option("--device", default="cpu", show_default=True)
+def evaluate(model: str, params: str, profile: str | None, device: str) -> None:
+    """Evaluate MODEL on the test split (ten squares and irregular masks)."""
+    from .evaluate import run
+    from .recipes import ModelMissingError
+
+    cfg = _config(params, profile)
+    try:
+        s = run(cfg, model)
+    except ModelMissingError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"{model}: PSNR {s['psnr']:.3f}  SSIM {s['ssim']:.4f}  ID {s['id_sim']:.4f}  ({s['n_images']} images, square masks)")
+
+
+@cli.command()
+@params_option
+@profile_option
+@click.option("--eval-root", default="artifacts/eval", show_default=True)
+@click.option("--out", default="reports", show_default=True)
+def report(params: str, profile: str | None, eval_root: str, out: str) -> None:
+    """Tables 1-2, Figures 3 and 5, claims C1-C3, irregular-mask bins."""
+    from .report import build_report
+
+    cfg = _config(params, profile)
+    written = build_report(eval_root, out, n_bootstrap=cfg.evaluate.bootstrap, seed=cfg.seed)
+    click.echo("wrote " + ", ".join(sorted(str(p) for p in written.values())))
+
+
+@cli.command()
+@click.argument("image", type=click.Path(dir_okay=True))
+@click.argument("mask", type=click.Path(dir_okay=True))
+@click.option("--model", "model_name", default="full", show_default=True,
+              type=click.Choice([*MODEL_CHOICES[1:], "biharmonic"]))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output image file.")
+@params_option
+@profile_option
+def inpaint(image: str, mask: str, model_name: str, output: str, params: str, profile: str | None) -> None:
+    """Inpaint IMAGE where MASK is white (hole) with a trained model; writes OUTPUT."""
+    from .inference import InpaintError, inpaint_file
+
+    cfg = _config(params, profile)
+    try:
+        inpaint_file(cfg, image, mask, model_name, output)
+    except InpaintError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"wrote {output}")
+
+
+@cli.command("check-metrics")
+@click.argument("current", type=click.Path())
+@click.argument("baseline", type=click.Path())
+def check_metrics(current: str, baseline: str) -> None:
+    """Fail (exit 1) when a metric in CURRENT regressed past BASELINE's tolerance."""
+    from .regression import check
+
+    try:
+        passed, table = check(current, baseline)
+    except (FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(table)
+    if not passed:
+        raise click.ClickException("metrics regressed (see the table above)")
+
+
 def main() -> None:
     cli(prog_name="faceinpaint")
 

@@ -151,7 +151,11 @@ class TrainBudget(_Strict):
 
 class StyleGANParams(TrainBudget):
     checkpoint: str | None = None
-    """Path to a rosinality-format checkpoint; when set, the prior is loaded instead of trained."""
+    """Path to a rosinality-format checkpoint (e.g. FFHQ); when set, the structure stage uses it
+    as its prior instead of the one this pipeline trains."""
+    checkpoint_size: int | None = Field(default=None, ge=8)
+    """Output side of that checkpoint's generator (e.g. 1024 for FFHQ); ``None`` = resolution.
+    Images are resized to the profile's resolution."""
     style_dim: int = Field(default=512, ge=8)
     n_mlp: int = Field(default=8, ge=1)
     channel_multiplier: int = Field(default=2, ge=1)
@@ -259,6 +263,15 @@ class Config:
     def n_styles(self) -> int:
         """pSp/StyleGAN2 style count n = 2 log2(res) - 2 (PAPER.md sec. 2)."""
         return 2 * int(math.log2(self.resolution)) - 2
+
+    def stage_params(self, section: str) -> dict[str, Any]:
+        """What one training stage depends on, flattened: the common sections and the profile's
+        resolution and ``section`` block (so changing another model's params never blocks
+        resuming this one's checkpoint)."""
+        flat = self.as_flat_dict()
+        own = {"resolution", *(k for k in flat if k.startswith((section + ".", f"losses.{section}.")))}
+        common = {k for k in flat if k.split(".", 1)[0] in type(self.params).model_fields and not k.startswith("losses.")}
+        return {k: v for k, v in flat.items() if k in own or k in common or k == "profile"}
 
     def as_flat_dict(self) -> dict[str, Any]:
         """Active configuration flattened to ``a.b.c`` keys (for MLflow params)."""

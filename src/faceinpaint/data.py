@@ -173,7 +173,7 @@ def prepare(cfg: Config, out: Path = PREPARED_DIR, train_irregular_per_bin: int 
 
 def to_tensor_image(array: np.ndarray) -> torch.Tensor:
     """``H x W x 3`` uint8 -> ``3 x H x W`` float in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+    return torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 
 def to_uint8_image(tensor: torch.Tensor) -> np.ndarray:
@@ -253,7 +253,7 @@ class TrainingDataset(Dataset):
             mask = random_square(rng, res, self.min_frac, self.max_frac)
         return {
             "image": to_tensor_image(image),
-            "mask": torch.from_numpy(np.ascontiguousarray(mask)).float()[None],
+            "mask": torch.from_numpy(np.array(mask, dtype=np.float32))[None],
             "index": i,
         }
 
@@ -284,7 +284,7 @@ class EvaluationDataset(Dataset):
         i, m = self.pairs[k]
         return {
             "image": to_tensor_image(np.asarray(self.images[i])),
-            "mask": torch.from_numpy(np.ascontiguousarray(self.masks[m])).float()[None],
+            "mask": torch.from_numpy(np.array(self.masks[m], dtype=np.float32))[None],
             "index": i,
             "mask_id": m,
         }

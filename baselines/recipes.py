@@ -1,0 +1,81 @@
+"""Training recipes of the baselines (PAPER.md sec. 5) for the suite's one training loop.
+
+Both baselines train with the PConv loss family (valid 1, hole 6, perceptual 0.05, style 120,
+TV 0.1; ``losses.pconv`` / ``losses.rfr``) and Adam, then a fine-tuning phase with the encoder's
+batch-norm frozen at a lower learning rate (Liu et al. 2018: 2e-4, then 5e-5). The share of the
+step budget given to fine-tuning is ``finetune_fraction`` (the paper's schedule scaled to the
+profile's budget).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from faceinpaint.config import Config
+from faceinpaint.recipes import damaged
+from faceinpaint.training import Recipe, unwrap
+
+from .losses import LossWeights, inpainting_loss
+from .pconv import PConvInpainter
+from .rfr import RFRInpainter
+
+
+def build_baseline(cfg: Config, name: str) -> torch.nn.Module:
+    if name == "pconv":
+        return PConvInpainter(cfg.resolution, cfg.pconv.base_width)
+    if name == "rfr":
+        return RFRInpainter(cfg.resolution, cfg.rfr.base_width, cfg.rfr.recurrences)
+    raise ValueError(f"unknown baseline {name!r}; expected pconv or rfr")
+
+
+class BaselineRecipe(Recipe):
+    trainable = ("net",)
+
+    def __init__(self, cfg: Config, name: str):
+        self.cfg, self.name = cfg, name
+        self.p = getattr(cfg, name)
+        self.weights = LossWeights(**getattr(cfg.losses, name).model_dump())
+        self.finetune_from = int(round(self.p.max_steps * (1 - self.p.finetune_fraction)))
+
+    def build(self, device):
+        from faceinpaint.pretrained import perceptual_backbone
+
+        return {"net": build_baseline(self.cfg, self.name).to(device),
+                "features": perceptual_backbone(self.cfg.backbones.perceptual).to(device)}
+
+    def optimizers(self, modules):
+        return {"net": torch.optim.Adam(modules["net"].parameters(), lr=self.p.lr)}
+
+    def train_step(self, modules, optimizers, batch, step):
+        image, mask, image_damaged = damaged(batch)
+        net = modules["net"]
+        net.train()
+        finetune = step >= self.finetune_from
+        unwrap(net).set_finetune(finetune)
+        for group in optimizers["net"].param_groups:
+            group["lr"] = self.p.finetune_lr if finetune else self.p.lr
+        out = net(image_damaged, mask)
+        terms = inpainting_loss(out["output"], out["composite"], image, mask, modules["features"], self.weights)
+        optimizers["net"].zero_grad(set_to_none=True)
+        terms["total"].backward()
+        optimizers["net"].step()
+        return {**{k: v.detach() for k, v in terms.items()}, "finetune": float(finetune)}
+
+    def sample(self, modules, batch):
+        image, mask, image_damaged = damaged(batch)
+        net = modules["net"]
+        was_training = net.training
+        net.eval()
+        out = net(image_damaged, mask)
+        net.train(was_training)
+        return [image_damaged, out["composite"], image]
+
+    def export(self, modules) -> dict:
+        return {"net": unwrap(modules["net"]).state_dict()}
+
+
+def load_baseline(cfg: Config, name: str, state: dict, device="cpu"):
+    """A trained baseline as an inpainter ``f(image_damaged, mask) -> dict``, eval mode."""
+    net = build_baseline(cfg, name)
+    net.load_state_dict(state["net"])
+    return net.eval().requires_grad_(False).to(device)

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# CI metric regression check: run the whole pipeline on the `smoke` profile in a scratch copy
+# of this checkout (so the working tree, dvc.lock and artifacts/ stay untouched), then compare
+# its reports/metrics.json with the committed smoke baseline. Exits non-zero on a regression.
+#   bash scripts/smoke_repro.sh [BASELINE]     (default reports/baselines/smoke.json)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+baseline=${1:-reports/baselines/smoke.json}
+work=$(mktemp -d "${TMPDIR:-/tmp}/faceinpaint-smoke.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+git ls-files -z | xargs -0 -I{} cp --parents {} "$work/"
+ln -s "$root/data" "$work/data"            # the pulled inputs, read-only
+cd "$work"
+git init -q && git add -A && git -c user.name=ci -c user.email=ci@localhost commit -qm smoke
+sed -i 's/^profile: .*/profile: smoke/' params.yaml
+export PATH="$root/.venv/bin:$PATH"
+export FACEINPAINT_MLFLOW=${FACEINPAINT_MLFLOW:-0}
+start=$(date +%s)
+dvc repro --force
+echo "smoke dvc repro took $(( $(date +%s) - start )) s"
+faceinpaint check-metrics reports/metrics.json "$root/$baseline"

@@ -1,0 +1,313 @@
+"""faceinpaint.metrics against formulas computed another way (PAPER.md sec. 6, 7)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import scipy.ndimage
+import scipy.stats
+import torch
+from skimage.metrics import structural_similarity
+
+from faceinpaint.metrics import (
+    AREA_BIN_LABELS,
+    DOES_NOT_HOLD,
+    HOLDS,
+    INCONCLUSIVE,
+    SSIM_SETTINGS,
+    BiharmonicInpainter,
+    area_bin,
+    bootstrap_counts,
+    fd_bootstrap_distribution,
+    frechet_distance,
+    inpaint_biharmonic_batch,
+    paired_bootstrap,
+    paired_bootstrap_fd,
+    psnr,
+    ssim,
+    verdict,
+)
+
+
+def _images(seed: int, n: int = 3, size: int = 32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, size, size, generator=g) * 2 - 1
+
+
+# ------------------------------------------------------------------------------- PSNR / SSIM
+
+
+def test_psnr_matches_its_formula():
+    target = _images(0)
+    pred = (target + 0.1 * torch.randn(target.shape, generator=torch.Generator().manual_seed(1))).clamp(-1, 1)
+    t = (target.double().numpy() + 1) / 2
+    p = (pred.double().numpy() + 1) / 2
+    mse = ((p - t) ** 2).reshape(len(t), -1).mean(axis=1)
+    np.testing.assert_allclose(psnr(pred, target), 10 * np.log10(1.0 / mse), rtol=1e-12)
+
+
+def test_psnr_scores_the_clipped_image():
+    target = _images(2)
+    overshoot = target.clone()
+    overshoot[:, :, :4, :4] = 1.7  # a network may overshoot; any saved image is clipped
+    clipped = overshoot.clamp(-1, 1)
+    np.testing.assert_array_equal(psnr(overshoot, target), psnr(clipped, target))
+
+
+def _ssim_wang(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM of Wang et al. 2004 from its equations: Gaussian window sigma 1.5 (11 taps),
+    population statistics, C1 = (0.01 L)^2, C2 = (0.03 L)^2 with L = 1, mean over the map
+    without the 5-pixel border the window cannot fill, averaged over RGB channels."""
+    c1, c2 = 0.01**2, 0.03**2
+
+    def blur(x):
+        return scipy.ndimage.gaussian_filter(x, sigma=1.5, truncate=3.5)
+
+    values = []
+    for ch in range(a.shape[-1]):
+        x, y = a[..., ch], b[..., ch]
+        mx, my = blur(x), blur(y)
+        vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+        s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+        values.append(s[5:-5, 5:-5].mean())
+    return float(np.mean(values))
+
+
+def test_ssim_identical_shifted_and_reference():
+    target = _images(3, n=2)
+    assert np.allclose(ssim(target, target), 1.0)
+    shifted = torch.roll(target, shifts=2, dims=3)
+    values = ssim(shifted, target)
+    assert (values < 1.0).all()
+    t = ((target.double() + 1) / 2).permute(0, 2, 3, 1).numpy()
+    s = ((shifted.double() + 1) / 2).permute(0, 2, 3, 1).numpy()
+    direct = [
+        structural_similarity(si, ti, data_range=1.0, channel_axis=-1, gaussian_weights=True, sigma=1.5,
+                              use_sample_covariance=False, win_size=11)
+        for si, ti in zip(s, t)
+    ]
+    np.testing.assert_allclose(values, direct, rtol=1e-12)
+    np.testing.assert_allclose(values, [_ssim_wang(si, ti) for si, ti in zip(s, t)], rtol=1e-9)
+    assert SSIM_SETTINGS["win_size"] == 11 and SSIM_SETTINGS["sigma"] == 1.5
+
+
+def test_area_bins():
+    assert area_bin(0.0) == "0-10%"
+    assert area_bin(0.1) == "0-10%"
+    assert area_bin(0.1001) == "10-20%"
+    assert area_bin(0.55) == "50-60%"
+    assert area_bin(0.75) == ">60%"
+    assert AREA_BIN_LABELS == ("0-10%", "10-20%", "20-30%", "30-40%", "40-50%", "50-60%")
+    with pytest.raises(ValueError):
+        area_bin(1.5)
+
+
+# ---------------------------------------------------------------------------- Frechet distance
+
+
+def _with_moments(z: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """Samples whose sample mean and (N - 1)-normalised covariance are exactly ``mean`` and
+    ``diag(var)``: whiten ``z`` exactly, then scale and shift."""
+    z = z - z.mean(axis=0)
+    w, v = np.linalg.eigh(np.cov(z, rowvar=False))
+    z = z @ v @ np.diag(w**-0.5) @ v.T
+    return mean + z * np.sqrt(var)
+
+
+def test_frechet_distance_closed_form_for_diagonal_gaussians():
+    rng = np.random.default_rng(0)
+    d = 6
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    s1, s2 = rng.uniform(0.2, 3.0, d), rng.uniform(0.2, 3.0, d)
+    a = _with_moments(rng.normal(size=(400, d)), mu1, s1)
+    b = _with_moments(rng.normal(size=(400, d)), mu2, s2)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum(s1 + s2 - 2 * np.sqrt(s1 * s2))
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+
+
+def _frechet_by_eigh(a: np.ndarray, b: np.ndarray) -> float:
+    """Tr (C_a C_b)^(1/2) = sum of sqrt(eig(C_a^(1/2) C_b C_a^(1/2))), a symmetric problem."""
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = scipy.linalg.eigh(ca)
+    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    tr_sqrt = np.sqrt(np.clip(scipy.linalg.eigvalsh(root @ cb @ root), 0, None)).sum()
+    return float(np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(ca) + np.trace(cb) - 2 * tr_sqrt)
+
+
+def test_frechet_distance_matches_a_symmetric_eigen_computation():
+    rng = np.random.default_rng(1)
+    mix = rng.normal(size=(20, 20))
+    a = rng.normal(size=(300, 20)) @ mix
+    b = (rng.normal(size=(300, 20)) + 0.4) @ (mix + 0.3 * rng.normal(size=(20, 20)))
+    assert frechet_distance(a, b) == pytest.approx(_frechet_by_eigh(a, b), rel=1e-9)
+
+
+@pytest.mark.parametrize("n, d", [(120, 16), (40, 64)])  # more images than features, and fewer
+def test_fd_bootstrap_resamples_equal_explicit_resamples(n, d):
+    rng = np.random.default_rng(2)
+    real = rng.normal(size=(n, d))
+    fake = 0.8 * real + 0.5 * rng.normal(size=(n, d)) + 0.2
+    fast = fd_bootstrap_distribution(real, fake, n=4, seed=5)
+    for value, counts in zip(fast, bootstrap_counts(n, 4, 5)):
+        idx = np.repeat(np.arange(n), counts)
+        reference = _frechet_by_eigh(real[idx], fake[idx]) if n > d else frechet_distance(real[idx], fake[idx])
+        assert value == pytest.approx(reference, rel=1e-6)
+
+
+def test_paired_bootstrap_fd_prefers_the_closer_model():
+    rng = np.random.default_rng(3)
+    real = rng.normal(size=(100, 8))
+    close = real + 0.2 * rng.normal(size=real.shape)
+    far = real + 0.2 * rng.normal(size=real.shape) + 0.8
+    estimate, lo, hi = paired_bootstrap_fd(real, close, far, n=200, seed=0)
+    assert estimate == pytest.approx(frechet_distance(real, close) - frechet_distance(real, far), rel=1e-12)
+    assert lo <= estimate <= hi < 0
+    assert verdict(lo, hi, higher_is_better=False) == HOLDS
+
+
+# -------------------------------------------------------------------------- paired bootstrap
+
+
+def test_paired_bootstrap_covers_the_true_mean_about_95_percent():
+    true_mean, trials = 0.3, 200
+    covered = 0
+    for seed in range(trials):
+        diff = np.random.default_rng(1000 + seed).normal(true_mean, 1.0, 60)
+        _, lo, hi = paired_bootstrap(diff, n=400, seed=seed)
+        covered += lo <= true_mean <= hi
+    # Binomial sd at 95% over 200 trials is 1.5 points; the percentile bootstrap runs a little
+    # below nominal at n = 60.
+    assert 0.88 <= covered / trials <= 0.99
+
+
+def test_paired_bootstrap_shift_pairs_and_scipy():
+    rng = np.random.default_rng(4)
+    b = rng.normal(30.0, 2.0, 200)
+    a = b + rng.normal(1.0, 0.5, 200)  # clearly better, paired image for image
+    estimate, lo, hi = paired_bootstrap(a, b, n=2000, seed=0)
+    assert estimate == pytest.approx(np.mean(a - b))
+    assert 0 < lo < estimate < hi
+    assert (estimate, lo, hi) == paired_bootstrap(a - b, n=2000, seed=0)
+    ref = scipy.stats.bootstrap((a - b,), np.mean, n_resamples=2000, method="percentile", random_state=1).confidence_interval
+    assert lo == pytest.approx(ref.low, abs=0.02) and hi == pytest.approx(ref.high, abs=0.02)
+    median, _, _ = paired_bootstrap(a - b, n=200, seed=0, statistic=np.median)
+    assert median == pytest.approx(np.median(a - b))
+
+
+def test_paired_bootstrap_rejects_infinite_differences():
+    with pytest.raises(ValueError, match="inf"):
+        paired_bootstrap(np.array([1.0, np.inf, 2.0]), n=10)
+
+
+def test_verdicts():
+    assert verdict(0.1, 0.5, higher_is_better=True) == HOLDS
+    assert verdict(-0.5, -0.1, higher_is_better=True) == DOES_NOT_HOLD
+    assert verdict(-0.1, 0.1, higher_is_better=True) == INCONCLUSIVE
+    assert verdict(-3.0, -1.0, higher_is_better=False) == HOLDS
+    assert verdict(1.0, 3.0, higher_is_better=False) == DOES_NOT_HOLD
+    assert verdict(-1.0, 0.0, higher_is_better=False) == INCONCLUSIVE
+    with pytest.raises(ValueError):
+        verdict(1.0, 0.0, higher_is_better=True)
+
+
+# ----------------------------------------------------------------------- classical inpainting
+
+
+def _ramp(size: int = 24) -> torch.Tensor:
+    y, x = torch.meshgrid(torch.linspace(-0.8, 0.8, size), torch.linspace(-0.6, 0.9, size), indexing="ij")
+    return torch.stack([x, y, 0.5 * x - 0.3 * y + 0.1])[None].double()
+
+
+def test_biharmonic_fill_keeps_known_pixels_and_reproduces_a_ramp():
+    image = _ramp().repeat(2, 1, 1, 1)
+    mask = torch.zeros(2, 1, 24, 24, dtype=torch.float64)
+    mask[0, :, 8:15, 6:13] = 1
+    mask[1, :, 3:7, 14:20] = 1
+    damaged = image * (1 - mask)
+    out = inpaint_biharmonic_batch(damaged, mask)
+    known = (mask == 0).expand_as(image)
+    assert torch.equal(out[known], damaged[known])
+    hole = ~known
+    # A linear function has zero discrete biharmonic, so the fill is the ramp itself.
+    assert (out[hole] - image[hole]).abs().max() < 1e-6
+
+
+def test_biharmonic_inpainter_follows_the_model_interface():
+    image = _images(5, n=2, size=16)
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:9, 5:10] = 1
+    damaged = image * (1 - mask)
+    result = BiharmonicInpainter()(damaged, mask)
+    assert result["composite"].dtype == image.dtype and result["composite"].shape == image.shape
+    assert torch.equal(result["composite"] * (1 - mask), damaged * (1 - mask))
+    assert not torch.equal(result["composite"][:, :, 4:9, 5:10], damaged[:, :, 4:9, 5:10])
+
+
+# ------------------------------------------------------------------------------ metric suite
+
+
+def test_metric_suite_on_real_photos_and_networks(tmp_path):
+    """Every per-image row and the summary equal the metrics computed one by one."""
+    from pathlib import Path
+
+    from faceinpaint.data import load_face, to_tensor_image
+    from faceinpaint.masks import load_mask_file, square_masks
+    from faceinpaint.metrics import MetricSuite, _ResampledFrechet, metric_key
+    from faceinpaint.pretrained import IdentityEmbedder, fid_feature_extractor, load_face_recognition, lpips_metric
+    from faceinpaint.report import figure_sample_indices, load_eval_dir, samples_from_batch, write_eval_outputs
+
+    crop, identity = (19, 59, 159, 199), (33, 80, 145, 192)  # params.yaml data boxes
+    side = crop[2] - crop[0]
+    id_box = ((identity[0] - crop[0]) / side, (identity[1] - crop[1]) / side,
+              (identity[2] - crop[0]) / side, (identity[3] - crop[1]) / side)
+    files = sorted(Path("data/celeba/test").glob("celeb_1*/*.jpg"))[:4]
+    original = torch.stack([to_tensor_image(load_face(f, crop, 64)) for f in files])
+    ids = [f"{f.parent.name}/{f.name}" for f in files]
+    squares = torch.from_numpy(square_masks(64)).float()[:, None]
+    square_mask = squares[torch.arange(4) % 10]
+    irregular_mask = torch.from_numpy(load_mask_file("data/masks/irregular/04000.png", 64)).float()[None, None].expand(2, 1, 64, 64)
+
+    lpips_net, fid = lpips_metric("efficientnet_lite0"), fid_feature_extractor("efficientnet_lite0")
+    embedder = IdentityEmbedder(load_face_recognition(), id_box)
+    suite = MetricSuite(lpips_net, embedder, fid)
+    composite = inpaint_biharmonic_batch(original * (1 - square_mask), square_mask)
+    suite.update(original[:2], composite[:2], square_mask[:2], ids[:2], [0, 1], "square")
+    suite.update(original[2:], composite[2:], square_mask[2:], ids[2:], [2, 3], "square")
+    irregular_composite = inpaint_biharmonic_batch(original[:2] * (1 - irregular_mask), irregular_mask)
+    suite.update(original[:2], irregular_composite, irregular_mask, ids[:2], [4000, 4000], "irregular")
+
+    rows = suite.rows()
+    square = rows[rows["mask_set"] == "square"]
+    np.testing.assert_allclose(square["psnr"], psnr(composite, original))
+    np.testing.assert_allclose(square["ssim"], ssim(composite, original))
+    with torch.no_grad():
+        np.testing.assert_allclose(square["lpips"], lpips_net(composite, original).numpy(), rtol=1e-5)
+        cos = (embedder(composite) * embedder(original)).sum(dim=1).numpy()
+        real_feats, fake_feats = fid(original).double().numpy(), fid(composite).double().numpy()
+    np.testing.assert_allclose(square["id_sim"], cos, rtol=1e-5)
+    np.testing.assert_allclose(square["hole_fraction"], square_mask.mean(dim=(1, 2, 3)).numpy())
+    assert (square["area_bin"] == "0-10%").all()
+    irregular = rows[rows["mask_set"] == "irregular"]
+    assert len(irregular) == 2 and irregular["area_bin"].iloc[0] == area_bin(float(irregular_mask[0].mean()))
+    assert irregular["hole_fraction"].iloc[0] > square["hole_fraction"].max()
+
+    summary = suite.summary("square")
+    assert summary["backbones"]["fd"] == "efficientnet_lite0-pool"
+    # Four images of 1280 features: rank-deficient covariances, where pytorch-fid regularises;
+    # the exact value comes from the Gram-matrix route (a full resample counts every image once).
+    exact_fd = _ResampledFrechet(real_feats, fake_feats)(np.ones(4, np.int64))
+    assert summary[metric_key("fd", "efficientnet_lite0-pool")] == pytest.approx(exact_fd, rel=1e-4)
+    assert summary["lpips_efficientnet_lite0-unitweights"] == pytest.approx(square["lpips"].mean())
+    assert summary["n_images"] == 4 and summary["psnr"] == pytest.approx(square["psnr"].mean())
+
+    # What the evaluate stage writes, the report reads back.
+    summary.update(model="biharmonic", resolution=64, square_boxes=[[0, 0, 8, 8]] * 10, training={})
+    pick = figure_sample_indices(4, 2)
+    samples = samples_from_batch([ids[i] for i in pick], pick, original[pick], square_mask[pick], composite[pick])
+    write_eval_outputs(tmp_path / "biharmonic", rows, summary, suite.features("square"), samples)
+    back = load_eval_dir(tmp_path / "biharmonic", "inpaint_biharmonic")
+    assert back.value("fd") == summary["fd_efficientnet_lite0-pool"]
+    _, real, fake = back.sorted_features()
+    assert _ResampledFrechet(real, fake)(np.ones(4, np.int64)) == pytest.approx(exact_fd, rel=1e-5)

@@ -1,0 +1,265 @@
+"""faceinpaint.report on a synthetic evaluation tree where one model is clearly better."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from faceinpaint.metrics import (
+    IDENTITY_NETWORK,
+    PSNR_SETTINGS,
+    SSIM_SETTINGS,
+    area_bin,
+    frechet_distance,
+    metric_key,
+)
+from faceinpaint.report import (
+    FIGURE_GAP_PX,
+    FIGURE_HEADER_PX,
+    FIGURE_PANEL_MIN_PX,
+    EvalFormatError,
+    build_report,
+    figure_canvas_size,
+    figure_sample_indices,
+    load_eval_dir,
+    samples_from_batch,
+    write_eval_outputs,
+)
+
+N_SQUARE, N_IRREGULAR_PER_BIN, D, K, SIZE = 40, 2, 6, 3, 16
+BACKBONES = {"fd": "efficientnet_lite0-pool", "lpips": "lpips-efficientnet_lite0-unitweights", "id": IDENTITY_NETWORK}
+IRREGULAR_FRACTIONS = (0.05, 0.15, 0.25, 0.35, 0.45, 0.55)
+SHARED = np.random.default_rng(0)
+REAL_FEATURES = SHARED.normal(size=(N_SQUARE, D))
+ORIGINALS = SHARED.integers(0, 256, (K, SIZE, SIZE, 3), dtype=np.uint8)
+HOLES = np.zeros((K, SIZE, SIZE), np.uint8)
+HOLES[:, 5:10, 4:11] = 255
+# Per-image values of the better model; its twin "variant2" differs by +-0.2 alternately,
+# so the mean paired difference is exactly 0, and has features of the same quality.
+BASE = {m: SHARED.normal(0, s, N_SQUARE + 6 * N_IRREGULAR_PER_BIN) for m, s in (("psnr", 1.0), ("ssim", 0.005), ("lpips", 0.01), ("id_sim", 0.01))}
+TWIN_OFFSET = np.where(np.arange(len(BASE["psnr"])) % 2 == 0, 1.0, -1.0)
+
+
+def _model(name: str, level: float, feature_shift: float, twin: bool = False, seed: int = 1) -> dict:
+    """Per-image rows, features and samples of a model ``level`` steps from the best."""
+    rng = np.random.default_rng(seed)
+    ids = [f"celeb_{i % 7}/{i:04d}.jpg" for i in range(N_SQUARE)]
+    square = [{"image_id": ids[i], "mask_set": "square", "mask_id": i % 10, "hole_fraction": 0.02 + 0.004 * (i % 10)} for i in range(N_SQUARE)]
+    irregular = [
+        {"image_id": ids[(b * N_IRREGULAR_PER_BIN + j) % N_SQUARE], "mask_set": "irregular", "mask_id": 1000 * b + j, "hole_fraction": f}
+        for b, f in enumerate(IRREGULAR_FRACTIONS) for j in range(N_IRREGULAR_PER_BIN)
+    ]
+    rows = pd.DataFrame(square + irregular)
+    rows["area_bin"] = [area_bin(f) for f in rows["hole_fraction"]]
+    offset = 0.2 * TWIN_OFFSET if twin else 0.0
+    rows["psnr"] = 35.0 - 3.0 * level - 4.0 * rows["hole_fraction"] + BASE["psnr"] + offset
+    rows["ssim"] = 0.97 - 0.02 * level + BASE["ssim"] + 0.01 * offset
+    rows["lpips"] = 0.05 + 0.02 * level + BASE["lpips"]
+    rows["id_sim"] = 0.9 - 0.05 * level + BASE["id_sim"]
+    # The twin's features are as close to the originals as the best model's, image for image.
+    noise = np.random.default_rng(98 if twin else 99).normal(size=REAL_FEATURES.shape)
+    composite = REAL_FEATURES + 0.2 * noise + feature_shift + 0.1 * rng.normal(size=noise.shape) * (level > 0)
+    feats = {"image_id": np.array(ids), "composite": composite.astype(np.float32), "real": REAL_FEATURES.astype(np.float32)}
+    sq = rows[rows["mask_set"] == "square"]
+    summary = {
+        "model": name, "mask_set": "square", "n_images": N_SQUARE, "resolution": SIZE,
+        "psnr": float(sq["psnr"].mean()), "ssim": float(sq["ssim"].mean()), "id_sim": float(sq["id_sim"].mean()),
+        metric_key("lpips", BACKBONES["lpips"]): float(sq["lpips"].mean()),
+        metric_key("fd", BACKBONES["fd"]): frechet_distance(feats["real"], feats["composite"]),
+        "backbones": BACKBONES, "psnr_settings": PSNR_SETTINGS, "ssim_settings": SSIM_SETTINGS,
+        "square_boxes": [[4, 5, 11, 10]] * 10,
+        "training": {} if name == "biharmonic" else {"texture": {"images_seen": 12000 + seed, "train_time_s": 5400.0}},
+    }
+    fill = np.uint8(40 * seed % 256)
+    composite_img = ORIGINALS.copy()
+    composite_img[HOLES == 255] = fill
+    damaged = ORIGINALS.copy()
+    damaged[HOLES == 255] = 128
+    samples = {"image_id": np.array(ids[:K]), "mask_id": np.arange(K, dtype=np.int64), "original": ORIGINALS,
+               "damaged": damaged, "mask": HOLES, "composite": composite_img}
+    return {"rows": rows, "summary": summary, "feats": feats, "samples": samples}
+
+
+MODELS = {  # folder -> (level, feature shift, twin of "full", seed)
+    "full": (0.0, 0.0, False, 1),
+    "variant2": (0.0, 0.0, True, 2),
+    "pconv": (1.0, 1.0, False, 3),
+    "rfr": (1.3, 1.5, False, 4),
+    "biharmonic": (2.0, 2.5, False, 5),
+}  # variant1 is not run
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    for name, (level, shift, twin, seed) in MODELS.items():
+        m = _model(name, level, shift, twin, seed)
+        write_eval_outputs(root / name, m["rows"], m["summary"], m["feats"], m["samples"])
+    out = tmp_path_factory.mktemp("reports")
+    written = build_report(root, out, n_bootstrap=300, seed=0)
+    return root, out, written
+
+
+def test_tables_show_paper_and_our_numbers(report):
+    root, out, _ = report
+    table1 = (out / "table1.md").read_text()
+    for number in ("33.058", "0.966", "67.956", "32.252", "0.948", "106.312", "36.733", "0.977", "15.077"):
+        assert number in table1
+    ours = json.loads((root / "full" / "summary.json").read_text())
+    assert f"{ours['psnr']:.3f}" in table1 and f"{ours['ssim']:.4f}" in table1
+    assert f"{ours['fd_efficientnet_lite0-pool']:.3f}" in table1
+    for text in ("efficientnet_lite0-pool", "lpips-efficientnet_lite0-unitweights", "16x16", "win_size=11",
+                 "sigma=1.5", "use_sample_covariance=False", "data_range=1.0", "inpaint_biharmonic",
+                 "same network as the ID loss", "12.0k img / 1.50 h", "(4, 5, 11, 10)"):
+        assert text in table1, text
+
+    table2 = (out / "table2.md").read_text()
+    for number in ("34.364", "0.959", "33.357", "36.239", "0.973", "20.534"):
+        assert number in table2
+    variant1 = next(line for line in table2.splitlines() if line.startswith("| Variant 1 "))
+    assert "not run" in variant1 and "34.364" in variant1
+
+    csv = pd.read_csv(out / "table1.csv").set_index("model")
+    assert csv.loc["Ours", "psnr"] == pytest.approx(ours["psnr"])
+    assert csv.loc["Ours", "psnr_paper"] == 36.733 and csv.loc["PConv", "fid_paper"] == 67.956
+    assert csv.loc["inpaint_biharmonic", "status"] == "ok" and np.isnan(csv.loc["inpaint_biharmonic", "psnr_paper"])
+    assert pd.read_csv(out / "table2.csv").set_index("model").loc["Variant 1", "status"] == "not run"
+
+
+def test_claim_verdicts(report):
+    _, out, _ = report
+    doc = json.loads((out / "claims.json").read_text())
+    claims = {c["id"]: c for c in doc["claims"]}
+    assert claims["C1"]["verdict"] == "holds"
+    assert [(c["worse"], c["metric"]) for c in claims["C1"]["comparisons"]] == [
+        ("PConv", "psnr"), ("PConv", "ssim"), ("PConv", "fd"), ("RFR", "psnr"), ("RFR", "ssim"), ("RFR", "fd")]
+    for c in claims["C1"]["comparisons"]:
+        assert c["verdict"] == "holds" and c["lo"] <= c["estimate"] <= c["hi"] and c["n_images"] == N_SQUARE
+        assert (c["lo"] > 0) if c["metric"] != "fd" else (c["hi"] < 0)
+    assert claims["C2"]["verdict"] == "not run"
+    assert all(c["missing"] == ["Variant 1"] for c in claims["C2"]["comparisons"])
+    assert claims["C3"]["verdict"] == "inconclusive"
+    assert all(c["verdict"] == "inconclusive" for c in claims["C3"]["comparisons"])
+    psnr_c3 = claims["C3"]["comparisons"][0]
+    assert psnr_c3["estimate"] == pytest.approx(0.0, abs=1e-9) and psnr_c3["lo"] < 0 < psnr_c3["hi"]
+    assert doc["classical_check"]["verdict"] == "holds" and doc["n_resamples"] == 300
+
+    md = (out / "claims.md").read_text()
+    assert "## C1: Ours beats PConv and RFR on PSNR, SSIM and FID — **holds**" in md
+    assert "**inconclusive**" in md and "not run (Variant 1)" in md
+
+
+def _panel(img: np.ndarray, row: int, col: int, h: int, w: int) -> np.ndarray:
+    """The image shown in grid cell (row, col), read at the centre of every upscaled pixel."""
+    s = max(1, -(-FIGURE_PANEL_MIN_PX // min(h, w)))
+    x0 = FIGURE_GAP_PX + col * (w * s + FIGURE_GAP_PX)
+    y0 = FIGURE_HEADER_PX + FIGURE_GAP_PX + row * (h * s + FIGURE_GAP_PX)
+    return img[y0 + s // 2 : y0 + h * s : s, x0 + s // 2 : x0 + w * s : s]
+
+
+def test_figures_are_grids_of_the_evaluated_pixels(report):
+    root, out, _ = report
+    full = load_eval_dir(root / "full", "Ours")
+    for figure, n_models in (("figure3", 3), ("figure5", 3)):
+        with Image.open(out / f"{figure}.png") as im:
+            assert im.format == "PNG"
+            assert im.size == figure_canvas_size(K, n_models + 2, SIZE, SIZE)
+            img = np.asarray(im.convert("RGB"))
+        for row in range(K):
+            damaged = full.samples["damaged"][row].copy()
+            damaged[full.samples["mask"][row] == 255] = 255
+            assert np.array_equal(_panel(img, row, 0, SIZE, SIZE), damaged)
+            assert np.array_equal(_panel(img, row, 3, SIZE, SIZE), full.samples["composite"][row])  # Ours
+            assert np.array_equal(_panel(img, row, n_models + 1, SIZE, SIZE), full.samples["original"][row])
+    with Image.open(out / "figure5.png") as im:
+        not_run = _panel(np.asarray(im.convert("RGB")), 0, 1, SIZE, SIZE)  # the Variant 1 column
+    assert (not_run[0, 0] == 217).all()  # grey "not run" panel, no image
+
+
+def test_metrics_json_is_flat_and_numeric(report):
+    _, out, _ = report
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values())
+    assert {"full.psnr", "full.ssim", "full.id_sim", "full.fd_efficientnet_lite0-pool",
+            "full.lpips_efficientnet_lite0-unitweights"} <= set(metrics)
+    assert not any(k.startswith("variant1.") for k in metrics)
+    assert {k.split(".")[0] for k in metrics} == set(MODELS)
+
+
+def test_irregular_bins(report):
+    _, out, _ = report
+    frame = pd.read_csv(out / "irregular_bins.csv")
+    full = frame[frame["model"] == "Ours"].set_index("area_bin")
+    assert list(full.index) == ["0-10%", "10-20%", "20-30%", "30-40%", "40-50%", "50-60%"]
+    assert (full["n"] == N_IRREGULAR_PER_BIN).all()
+    rows = _model("full", 0.0, 0.0)["rows"]
+    expected = rows[(rows["mask_set"] == "irregular") & (rows["area_bin"] == "30-40%")]["psnr"].mean()
+    assert full.loc["30-40%", "psnr"] == pytest.approx(expected)
+    md = (out / "irregular_bins.md").read_text()
+    assert "| Variant 1 | not run |" in md and "50-60%" in md
+    with Image.open(out / "irregular_psnr_vs_area.png") as im:
+        assert im.format == "PNG" and im.size == (600, 400)
+
+
+def test_empty_eval_tree_reports_everything_as_not_run(tmp_path):
+    written = build_report(tmp_path / "eval", tmp_path / "reports", n_bootstrap=10)
+    assert "figure3.png" not in written
+    assert "not run" in (tmp_path / "reports" / "table1.md").read_text()
+    assert {c["verdict"] for c in json.loads(written["claims.json"].read_text())["claims"]} == {"not run"}
+    assert json.loads(written["metrics.json"].read_text()) == {}
+
+
+def test_writer_rejects_what_the_report_could_not_read(tmp_path):
+    m = _model("full", 0.0, 0.0)
+    with pytest.raises(EvalFormatError, match="lack columns"):
+        write_eval_outputs(tmp_path / "a", m["rows"].drop(columns="id_sim"), m["summary"], m["feats"], m["samples"])
+    with pytest.raises(EvalFormatError, match="training"):
+        write_eval_outputs(tmp_path / "a", m["rows"], {k: v for k, v in m["summary"].items() if k != "training"}, m["feats"], m["samples"])
+    wrong = dict(m["feats"], image_id=np.array([f"other/{i}" for i in range(N_SQUARE)]))
+    with pytest.raises(EvalFormatError, match="square-mask set"):
+        write_eval_outputs(tmp_path / "a", m["rows"], m["summary"], wrong, m["samples"])
+    with pytest.raises(EvalFormatError, match="uint8"):
+        write_eval_outputs(tmp_path / "a", m["rows"], m["summary"], m["feats"], dict(m["samples"], composite=m["samples"]["composite"].astype(np.float32)))
+    assert not (tmp_path / "a").exists()  # nothing written before every check passed
+
+    write_eval_outputs(tmp_path / "b", m["rows"], m["summary"], m["feats"], m["samples"])
+    back = load_eval_dir(tmp_path / "b", "Ours")
+    pd.testing.assert_frame_equal(back.rows, m["rows"][back.rows.columns.tolist()], check_dtype=False)
+    assert back.summary == json.loads(json.dumps(m["summary"]))
+    assert np.array_equal(back.features["composite"], m["feats"]["composite"])
+    (tmp_path / "b" / "features.npz").unlink()
+    with pytest.raises(EvalFormatError, match="features.npz"):
+        load_eval_dir(tmp_path / "b", "Ours")
+
+
+def test_figures_refuse_models_shown_on_different_images(tmp_path):
+    root = tmp_path / "eval"
+    for name, seed in (("full", 1), ("pconv", 3)):
+        m = _model(name, 0.0, 0.0, seed=seed)
+        if name == "pconv":
+            m["samples"]["mask_id"] = m["samples"]["mask_id"] + 1
+        write_eval_outputs(root / name, m["rows"], m["summary"], m["feats"], m["samples"])
+    with pytest.raises(EvalFormatError, match="same images and masks"):
+        build_report(root, tmp_path / "reports", n_bootstrap=10)
+
+
+def test_samples_and_their_indices():
+    indices = figure_sample_indices(1200, 6)
+    assert len(set(indices)) == 6 and max(indices) < 1200
+    assert sorted(i % 10 for i in indices) == list(range(6))  # six different squares
+    assert figure_sample_indices(8, 4) == [0, 1, 2, 3]
+
+    image = torch.rand(2, 3, 8, 8) * 2 - 1
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, 2:5, 3:6] = 1
+    samples = samples_from_batch(["a", "b"], [0, 1], image, mask, image)
+    assert samples["mask"].dtype == np.uint8 and set(np.unique(samples["mask"])) == {0, 255}
+    hole = samples["mask"] == 255
+    assert (samples["damaged"][hole] == 128).all()  # 0 in [-1, 1] is mid-grey
+    assert np.array_equal(samples["damaged"][~hole], samples["original"][~hole])
+    assert np.array_equal(samples["original"], np.round((image.permute(0, 2, 3, 1).numpy() + 1) * 127.5).astype(np.uint8))
