@@ -87,6 +87,16 @@ def dilated_total_variation(composite: Tensor, mask: Tensor) -> Tensor:
     return total / composite.numel()
 
 
+def feature_scales(feature_net: nn.Module, target_features: Sequence[Tensor]) -> list[Tensor]:
+    """Per-layer divisors of the feature maps: 1 for VGG16, whose features the papers' weights
+    (perceptual 0.05, style 120) were tuned on; for a substitute backbone (EfficientNet-Lite0)
+    the RMS of the target's maps, so that each layer enters on VGG's order of magnitude instead
+    of its own (unscaled, the style term of EfficientNet features outweighed all others 100:1)."""
+    if getattr(feature_net, "name", None) == "vgg16":
+        return [target_features[0].new_ones(()) for _ in target_features]
+    return [t.square().mean().sqrt().clamp_min(1e-6) for t in target_features]
+
+
 def inpainting_loss(output: Tensor, composite: Tensor, target: Tensor, mask: Tensor,
                     feature_net: nn.Module, weights: LossWeights = LossWeights()) -> dict[str, Tensor]:
     """The PConv / RFR loss (PAPER.md sec. 5; Liu et al. 2018, total loss): see the module docstring.
@@ -100,8 +110,10 @@ def inpainting_loss(output: Tensor, composite: Tensor, target: Tensor, mask: Ten
     valid, hole = valid_hole_l1(output, target, mask)
     with torch.no_grad():
         target_features = feature_net(target)
+        scales = feature_scales(feature_net, target_features)
     # one pass for both images: the net is frozen in eval mode, so each image's maps are its own
-    both = feature_net(torch.cat([output, composite], dim=0))
+    both = [f / s for f, s in zip(feature_net(torch.cat([output, composite], dim=0)), scales)]
+    target_features = [f / s for f, s in zip(target_features, scales)]
     output_features = [f[: output.shape[0]] for f in both]
     composite_features = [f[output.shape[0]:] for f in both]
     perceptual = (perceptual_l1(output_features, target_features)

@@ -3,6 +3,8 @@
 # of this checkout (so the working tree, dvc.lock and artifacts/ stay untouched), then compare
 # its reports/metrics.json with the committed smoke baseline. Exits non-zero on a regression.
 #   bash scripts/smoke_repro.sh [BASELINE]     (default reports/baselines/smoke.json)
+# SMOKE_SEED=N runs with another seed; SMOKE_OUT=DIR keeps the run's reports/ (both are how the
+# baseline's tolerances were measured: scripts/smoke_baseline.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -14,9 +16,11 @@ ln -s "$root/data" "$work/data"            # the pulled inputs, read-only
 cd "$work"
 git init -q && git add -A && git -c user.name=ci -c user.email=ci@localhost commit -qm smoke
 sed -i 's/^profile: .*/profile: smoke/' params.yaml
+if [ -n "${SMOKE_SEED:-}" ]; then sed -i "s/^seed: .*/seed: $SMOKE_SEED/" params.yaml; fi
 export PATH="$root/.venv/bin:$PATH"
 export FACEINPAINT_MLFLOW=${FACEINPAINT_MLFLOW:-0}
 start=$(date +%s)
 dvc repro --force
 echo "smoke dvc repro took $(( $(date +%s) - start )) s"
+if [ -n "${SMOKE_OUT:-}" ]; then mkdir -p "$SMOKE_OUT" && cp -r reports/. "$SMOKE_OUT/"; fi
 faceinpaint check-metrics reports/metrics.json "$root/$baseline"

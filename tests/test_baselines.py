@@ -349,10 +349,30 @@ def test_inpainting_loss_terms_and_weights():
     output = (target + 0.3 * torch.randn(2, 3, 8, 8)).requires_grad_(True)
     composite = torch.where(mask > 0.5, output, target)
     net = FixedFeatures()
+    net.name = "vgg16"  # the papers' backbone: features enter unscaled
     weights = LossWeights(valid=2.0, hole=3.0, perceptual=0.5, style=7.0, tv=0.25)
     terms = inpainting_loss(output, composite, target, mask, net, weights)
+    check_loss_terms(terms, output, composite, target, mask, net, weights, scale=False)
 
+
+def test_substitute_backbone_features_are_scaled_by_the_target_rms():
+    torch.manual_seed(12)
+    target = torch.rand(2, 3, 8, 8) * 2 - 1
+    mask = square_hole(2, 8, (1, 1, 4, 5))
+    output = (target + 0.3 * torch.randn(2, 3, 8, 8)).requires_grad_(True)
+    composite = torch.where(mask > 0.5, output, target)
+    net = FixedFeatures()
+    net.name = "efficientnet_lite0"
+    weights = LossWeights()
+    terms = inpainting_loss(output, composite, target, mask, net, weights)
+    check_loss_terms(terms, output, composite, target, mask, net, weights, scale=True)
+
+
+def check_loss_terms(terms, output, composite, target, mask, net, weights, scale):
     feats_out, feats_comp, feats_gt = net(output), net(composite), net(target)
+    if scale:
+        rms = [float(t.pow(2).mean().sqrt()) for t in feats_gt]
+        feats_out, feats_comp, feats_gt = ([f / r for f, r in zip(fs, rms)] for fs in (feats_out, feats_comp, feats_gt))
     expected = {
         "valid": ((output - target).abs() * (1 - mask)).sum() / output.numel(),
         "hole": ((output - target).abs() * mask).sum() / output.numel(),

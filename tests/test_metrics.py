@@ -14,6 +14,7 @@ from faceinpaint.metrics import (
     AREA_BIN_LABELS,
     DOES_NOT_HOLD,
     HOLDS,
+    IDENTITY_NETWORK,
     INCONCLUSIVE,
     SSIM_SETTINGS,
     BiharmonicInpainter,
@@ -248,29 +249,40 @@ def test_biharmonic_inpainter_follows_the_model_interface():
 # ------------------------------------------------------------------------------ metric suite
 
 
-def test_metric_suite_on_real_photos_and_networks(tmp_path):
-    """Every per-image row and the summary equal the metrics computed one by one."""
+def _suite_inputs():
+    """Four real test photos at 64x64 with their evaluation squares, two with an irregular mask."""
     from pathlib import Path
 
     from faceinpaint.data import load_face, to_tensor_image
     from faceinpaint.masks import load_mask_file, square_masks
+
+    files = sorted(Path("data/celeba/test").glob("celeb_1*/*.jpg"))[:4]
+    original = torch.stack([to_tensor_image(load_face(f, (19, 59, 159, 199), 64)) for f in files])  # params crop_box
+    ids = [f"{f.parent.name}/{f.name}" for f in files]
+    square_mask = torch.from_numpy(square_masks(64)).float()[:4, None]  # image i has square i % 10
+    irregular = load_mask_file("data/masks/irregular/04000.png", 64)
+    irregular_mask = torch.from_numpy(irregular).float()[None, None].expand(2, 1, 64, 64)
+    return original, ids, square_mask, irregular_mask
+
+
+def _identity_embedder():
+    from faceinpaint.pretrained import IdentityEmbedder, load_face_recognition
+
+    crop, identity = (19, 59, 159, 199), (33, 80, 145, 192)  # params.yaml data boxes, source pixels
+    side = crop[2] - crop[0]
+    box = tuple((identity[k] - crop[k % 2]) / side for k in range(4))
+    return IdentityEmbedder(load_face_recognition(), box)
+
+
+def _check_suite(fid, tmp_path):
+    """Every per-image row and the summary equal the metrics computed one by one, and what the
+    evaluate stage writes the report reads back."""
     from faceinpaint.metrics import MetricSuite, _ResampledFrechet, metric_key
-    from faceinpaint.pretrained import IdentityEmbedder, fid_feature_extractor, load_face_recognition, lpips_metric
+    from faceinpaint.pretrained import lpips_metric
     from faceinpaint.report import figure_sample_indices, load_eval_dir, samples_from_batch, write_eval_outputs
 
-    crop, identity = (19, 59, 159, 199), (33, 80, 145, 192)  # params.yaml data boxes
-    side = crop[2] - crop[0]
-    id_box = ((identity[0] - crop[0]) / side, (identity[1] - crop[1]) / side,
-              (identity[2] - crop[0]) / side, (identity[3] - crop[1]) / side)
-    files = sorted(Path("data/celeba/test").glob("celeb_1*/*.jpg"))[:4]
-    original = torch.stack([to_tensor_image(load_face(f, crop, 64)) for f in files])
-    ids = [f"{f.parent.name}/{f.name}" for f in files]
-    squares = torch.from_numpy(square_masks(64)).float()[:, None]
-    square_mask = squares[torch.arange(4) % 10]
-    irregular_mask = torch.from_numpy(load_mask_file("data/masks/irregular/04000.png", 64)).float()[None, None].expand(2, 1, 64, 64)
-
-    lpips_net, fid = lpips_metric("efficientnet_lite0"), fid_feature_extractor("efficientnet_lite0")
-    embedder = IdentityEmbedder(load_face_recognition(), id_box)
+    original, ids, square_mask, irregular_mask = _suite_inputs()
+    lpips_net, embedder = lpips_metric("efficientnet_lite0"), _identity_embedder()
     suite = MetricSuite(lpips_net, embedder, fid)
     composite = inpaint_biharmonic_batch(original * (1 - square_mask), square_mask)
     suite.update(original[:2], composite[:2], square_mask[:2], ids[:2], [0, 1], "square")
@@ -294,20 +306,35 @@ def test_metric_suite_on_real_photos_and_networks(tmp_path):
     assert irregular["hole_fraction"].iloc[0] > square["hole_fraction"].max()
 
     summary = suite.summary("square")
-    assert summary["backbones"]["fd"] == "efficientnet_lite0-pool"
-    # Four images of 1280 features: rank-deficient covariances, where pytorch-fid regularises;
-    # the exact value comes from the Gram-matrix route (a full resample counts every image once).
+    fd_key = metric_key("fd", fid.name)
+    assert summary["backbones"] == {"fd": fid.name, "lpips": "lpips-efficientnet_lite0-unitweights", "id": IDENTITY_NETWORK}
+    # Four images: rank-deficient covariances, where pytorch-fid regularises; the exact value
+    # comes from the Gram-matrix route (a resample that counts every image once).
     exact_fd = _ResampledFrechet(real_feats, fake_feats)(np.ones(4, np.int64))
-    assert summary[metric_key("fd", "efficientnet_lite0-pool")] == pytest.approx(exact_fd, rel=1e-4)
+    assert summary[fd_key] == pytest.approx(exact_fd, rel=1e-4)
     assert summary["lpips_efficientnet_lite0-unitweights"] == pytest.approx(square["lpips"].mean())
     assert summary["n_images"] == 4 and summary["psnr"] == pytest.approx(square["psnr"].mean())
 
-    # What the evaluate stage writes, the report reads back.
     summary.update(model="biharmonic", resolution=64, square_boxes=[[0, 0, 8, 8]] * 10, training={})
     pick = figure_sample_indices(4, 2)
     samples = samples_from_batch([ids[i] for i in pick], pick, original[pick], square_mask[pick], composite[pick])
     write_eval_outputs(tmp_path / "biharmonic", rows, summary, suite.features("square"), samples)
     back = load_eval_dir(tmp_path / "biharmonic", "inpaint_biharmonic")
-    assert back.value("fd") == summary["fd_efficientnet_lite0-pool"]
+    assert back.value("fd") == summary[fd_key]
     _, real, fake = back.sorted_features()
     assert _ResampledFrechet(real, fake)(np.ones(4, np.int64)) == pytest.approx(exact_fd, rel=1e-5)
+
+
+def test_metric_suite_on_real_photos_and_networks(tmp_path):
+    # FD over the 128-d identity embeddings: the suite takes any N x D extractor, and this keeps
+    # pytorch-fid's 1280 x 1280 matrix square root (about 35 s of CPU) out of the default run.
+    fid = _identity_embedder()
+    fid.name = "faceapi-recognition-embedding"
+    _check_suite(fid, tmp_path)
+
+
+@pytest.mark.slow
+def test_metric_suite_with_the_fid_backbone(tmp_path):
+    from faceinpaint.pretrained import fid_feature_extractor
+
+    _check_suite(fid_feature_extractor("efficientnet_lite0"), tmp_path)

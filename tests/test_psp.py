@@ -405,3 +405,26 @@ def test_paper_profile_one_step() -> None:
     optimiser.step()
     assert torch.isfinite(loss["total"])
     assert all(torch.equal(model.generator.state_dict()[k], v) for k, v in generator_before.items())
+
+
+@pytest.mark.benchmark
+def test_bench_cpu_profile_step(benchmark) -> None:
+    """One training step of the cpu profile (64x64, batch 8): its encoder (IR-SE, blocks
+    2, 2, 3, 2, widths 32, 64, 96, 128) into the cpu profile's frozen StyleGAN2 (style_dim 256,
+    width cap 128); L2 + hole + valid only, so the time is the reconstructor's own."""
+    torch.manual_seed(0)
+    generator = Generator(64, style_dim=256, n_mlp=4, channel_multiplier=1, channel_max=128)
+    model = build_structure_reconstructor(generator, generator.mean_latent(256), 64,
+                                          (2, 2, 3, 2), (32, 64, 96, 128)).train()
+    optimiser = torch.optim.Adam(model.trainable_parameters(), lr=1e-3)
+    image = torch.rand(8, 3, 64, 64) * 2 - 1
+    mask = square_masks(8, 64)
+
+    def step() -> None:
+        out = model(image * (1 - mask), mask)
+        loss = structure_loss(out["output"], image, mask, None, None, {"lpips": 0.0, "id": 0.0})
+        optimiser.zero_grad()
+        loss["total"].backward()
+        optimiser.step()
+
+    benchmark.pedantic(step, rounds=3, warmup_rounds=1)

@@ -101,7 +101,7 @@ def report(tmp_path_factory):
         m = _model(name, level, shift, twin, seed)
         write_eval_outputs(root / name, m["rows"], m["summary"], m["feats"], m["samples"])
     out = tmp_path_factory.mktemp("reports")
-    written = build_report(root, out, n_bootstrap=300, seed=0)
+    written = build_report(root, out, n_bootstrap=300, n_bootstrap_fd=200, seed=0)
     return root, out, written
 
 
@@ -147,7 +147,8 @@ def test_claim_verdicts(report):
     assert all(c["verdict"] == "inconclusive" for c in claims["C3"]["comparisons"])
     psnr_c3 = claims["C3"]["comparisons"][0]
     assert psnr_c3["estimate"] == pytest.approx(0.0, abs=1e-9) and psnr_c3["lo"] < 0 < psnr_c3["hi"]
-    assert doc["classical_check"]["verdict"] == "holds" and doc["n_resamples"] == 300
+    assert doc["classical_check"]["verdict"] == "holds"
+    assert doc["n_resamples"] == 300 and doc["n_resamples_fd"] == 200
 
     md = (out / "claims.md").read_text()
     assert "## C1: Ours beats PConv and RFR on PSNR, SSIM and FID — **holds**" in md
@@ -207,7 +208,7 @@ def test_irregular_bins(report):
 
 
 def test_empty_eval_tree_reports_everything_as_not_run(tmp_path):
-    written = build_report(tmp_path / "eval", tmp_path / "reports", n_bootstrap=10)
+    written = build_report(tmp_path / "eval", tmp_path / "reports", n_bootstrap=10, n_bootstrap_fd=10)
     assert "figure3.png" not in written
     assert "not run" in (tmp_path / "reports" / "table1.md").read_text()
     assert {c["verdict"] for c in json.loads(written["claims.json"].read_text())["claims"]} == {"not run"}
@@ -245,7 +246,7 @@ def test_figures_refuse_models_shown_on_different_images(tmp_path):
             m["samples"]["mask_id"] = m["samples"]["mask_id"] + 1
         write_eval_outputs(root / name, m["rows"], m["summary"], m["feats"], m["samples"])
     with pytest.raises(EvalFormatError, match="same images and masks"):
-        build_report(root, tmp_path / "reports", n_bootstrap=10)
+        build_report(root, tmp_path / "reports", n_bootstrap=10, n_bootstrap_fd=10)
 
 
 def test_samples_and_their_indices():

@@ -46,6 +46,17 @@ def prepare(params: str, profile: str | None, out: str) -> None:
     click.echo(f"prepared {info['splits']['train']['count']} train / {info['splits']['test']['count']} test images at {cfg.resolution}x{cfg.resolution} into {out}")
 
 
+@cli.command("identity-auc")
+@params_option
+@profile_option
+def identity_auc(params: str, profile: str | None) -> None:
+    """ROC AUC of the face-recognition network on the prepared test images."""
+    from .stages import identity_check
+
+    r = identity_check(_config(params, profile))
+    click.echo(f"identity ROC AUC {r['roc_auc']:.4f} at {r['resolution']}x{r['resolution']} ({r['images']} images)")
+
+
 MODEL_CHOICES = ["stylegan", "structure", "full", "variant1", "variant2", "pconv", "rfr"]
 
 
@@ -91,7 +102,7 @@ def report(params: str, profile: str | None, eval_root: str, out: str) -> None:
     from .report import build_report
 
     cfg = _config(params, profile)
-    written = build_report(eval_root, out, n_bootstrap=cfg.evaluate.bootstrap, seed=cfg.seed)
+    written = build_report(eval_root, out, n_bootstrap=cfg.evaluate.bootstrap, n_bootstrap_fd=cfg.evaluate.bootstrap_fd, seed=cfg.seed)
     click.echo("wrote " + ", ".join(sorted(str(p) for p in written.values())))
 
 

@@ -209,6 +209,9 @@ class EvaluateParams(_Strict):
     irregular_per_bin: int = Field(default=50, ge=1)
     figure_images: int = Field(default=6, ge=1)
     bootstrap: int = Field(default=2000, ge=100)
+    """Paired-bootstrap resamples of per-image metrics (claims C1-C3)."""
+    bootstrap_fd: int = Field(default=1000, ge=10)
+    """Resamples for the Frechet distance, which recomputes FD on each (costlier)."""
 
 
 class ProfileParams(_Strict):

@@ -43,9 +43,9 @@ def training_facts(models: tuple[str, ...]) -> dict:
         path = MODELS_DIR / name / "progress.json"
         if path.is_file():
             p = json.loads(path.read_text())
-            facts[name] = {"images_seen": int(p["images_seen"]), "train_time_s": float(p["elapsed_s"]), "steps": int(p["step"])}
-        elif name == "stylegan":
-            facts[name] = {"images_seen": 0, "train_time_s": 0.0, "note": "external checkpoint"}
+            facts[name] = {"images_seen": int(p["images_seen"]), "train_time_s": float(p["elapsed_s"])}
+        elif name == "stylegan":  # an external prior (stylegan.checkpoint): not trained here
+            facts[name] = {"images_seen": 0, "train_time_s": 0.0}
     return facts
 
 

@@ -185,7 +185,7 @@ def bootstrap_counts(n_items: int, n_resamples: int, seed: int) -> np.ndarray:
     return counts
 
 
-def fd_bootstrap_distribution(feats_real: np.ndarray, feats_fake: np.ndarray, n: int = 2000, seed: int = 0) -> np.ndarray:
+def fd_bootstrap_distribution(feats_real: np.ndarray, feats_fake: np.ndarray, n: int = 1000, seed: int = 0) -> np.ndarray:
     """Frechet distances of ``n`` joint resamples of (real, fake) rows: row ``i`` of both sets is
     the same test image, and both are drawn together. Shape ``(n,)``."""
     resampled = _ResampledFrechet(feats_real, feats_fake)
@@ -238,7 +238,7 @@ def paired_bootstrap_fd(
     feats_a: np.ndarray,
     feats_b: np.ndarray,
     *,
-    n: int = 2000,
+    n: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
 ) -> tuple[float, float, float]:

@@ -4,11 +4,17 @@
 inference file (``artifacts/models/<model>/model.pt``; ``stylegan2.pt`` for the prior, in
 rosinality's layout), ``reports/metrics/train_<model>.json`` (how far it got) and
 ``reports/plots/train_<model>.csv`` (loss curves for ``dvc plots``).
+
+Each distinct set of params trains in its own folder ``artifacts/models/<model>/runs/<id>/``
+(``id`` = :func:`faceinpaint.training.run_digest`, which ignores budget keys): switching
+profile or an architecture param starts a fresh run without touching the others, switching
+back resumes the old one, and raising a budget continues the same run.
 """
 
 from __future__ import annotations
 
 import csv
+import shutil
 import json
 import logging
 from pathlib import Path
@@ -60,18 +66,23 @@ def write_loss_plot(stats_path: Path, plot_path: Path) -> None:
 def train_stage(cfg: Config, name: str, device="cpu") -> dict:
     from .training import train
 
+    from .training import run_digest
+
     recipe = make_recipe(cfg, name)
     p = _section(cfg, name)
-    out_dir = MODELS_DIR / name
+    params = cfg.stage_params(_section_name(name))
+    model_dir = MODELS_DIR / name
+    out_dir = model_dir / "runs" / run_digest(params)[:12]
     result = train(
         recipe, training_dataset(cfg), out_dir,
         batch_size=p.batch_size, max_steps=p.max_steps, max_minutes=p.max_minutes, seed=cfg.seed,
         log_every=p.log_every, checkpoint_every=p.checkpoint_every, sample_every=p.sample_every,
-        num_workers=p.num_workers, params=cfg.stage_params(_section_name(name)), stage=f"train@{name}" if name not in ("stylegan", "structure") else name,
+        num_workers=p.num_workers, params=params, stage=f"train@{name}" if name not in ("stylegan", "structure") else name,
         device=device,
     )
     modules = trained_modules(recipe, out_dir, device)
-    export_model(cfg, recipe, modules, out_dir)
+    export_model(cfg, recipe, modules, model_dir)
+    shutil.copyfile(out_dir / "progress.json", model_dir / "progress.json")
     metrics = {
         "model": name, "profile": cfg.profile_name, "resolution": cfg.resolution,
         "steps": result.step, "images_seen": result.images_seen, "train_time_s": round(result.elapsed_s, 1),
@@ -115,3 +126,31 @@ def prior_quality(cfg: Config, g_ema, style_dim: int, device="cpu", n_samples: i
     Path("reports").mkdir(exist_ok=True)
     Image.fromarray(np.concatenate(rows, 0)).save("reports/stylegan_samples.png")
     return {metric_key("fd", fid.name): round(float(fd), 4), "fd_samples": n}
+
+
+@torch.no_grad()
+def identity_check(cfg: Config, device="cpu", n_pairs: int = 1000) -> dict:
+    """Same- vs different-identity ROC AUC of the face-recognition network (the ID loss's R and
+    the identity metric) on the prepared test images, with the identity box mapped into the
+    crop: how much identity signal survives at the profile's resolution."""
+    from .data import identity_box_fraction
+    from .pretrained import IdentityEmbedder, identity_auc, load_face_recognition
+
+    prepared = PreparedData(PREPARED_DIR)
+    images, labels = prepared.images("test"), prepared.index("test")["identity"].to_numpy()
+    embedder = IdentityEmbedder(load_face_recognition(cfg.backbones.face_recognition), identity_box_fraction(cfg)).to(device)
+    embeddings = torch.cat([
+        embedder(torch.from_numpy(np.array(images[i:i + 64])).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)).cpu()
+        for i in range(0, len(images), 64)])
+    result = {
+        "network": "faceapi-recognition (dlib ResNet-29 metric net)",
+        "resolution": cfg.resolution,
+        "identity_box_fraction": [round(f, 4) for f in identity_box_fraction(cfg)],
+        "images": int(len(images)),
+        "identities": int(len(set(labels))),
+        "pairs_per_kind": n_pairs,
+        "roc_auc": round(identity_auc(embeddings, labels, n_pairs, seed=cfg.seed), 4),
+    }
+    METRICS_DIR.mkdir(parents=True, exist_ok=True)
+    (METRICS_DIR / "identity_auc.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result

@@ -353,15 +353,20 @@ def wgan_generator_loss(critic: nn.Module, fake: Tensor, mask: Tensor) -> Tensor
 
 
 def perceptual_loss(perceptual_net: nn.Module, output: Tensor, target: Tensor) -> Tensor:
-    """``sum_k mean((P_k(output) - P_k(target))^2)`` over the feature maps P_k of
-    ``perceptual_net`` (PAPER.md sec. 3; paper sec. 4.4 writes ``||P(I_gt) - P(I_out)||_2``).
-    Squared L2 per element, as the feature reconstruction loss of Johnson et al. 2016 the paper
-    cites; the target's features carry no gradient."""
+    """``mean_k ||P_k(output) - P_k(target)||^2 / ||P_k(target)||^2`` over the feature maps P_k
+    of ``perceptual_net`` (PAPER.md sec. 3; paper sec. 4.4 writes ``||P(I_gt) - P(I_out)||_2``).
+
+    Squared L2, as the feature reconstruction loss of Johnson et al. 2016 the paper cites,
+    taken relative to the target's feature energy per layer and averaged over layers: raw
+    feature magnitudes differ by orders of magnitude between backbones (VGG16, the
+    EfficientNet-Lite0 substitute) and layers, and the paper's weight 10 beside 100 x L1 only
+    keeps its meaning on a scale-free term. The target's features carry no gradient.
+    """
     with torch.no_grad():
         target_features = perceptual_net(target)
-    return sum((F.mse_loss(out, tgt) for out, tgt in zip(perceptual_net(output), target_features,
-                                                          strict=True)),
-               output.new_zeros(()))
+    terms = [(out - tgt).square().sum() / tgt.square().sum().clamp_min(1e-12)
+             for out, tgt in zip(perceptual_net(output), target_features, strict=True)]
+    return torch.stack(terms).mean()
 
 
 def texture_generator_loss(output: Tensor, target: Tensor, mask: Tensor, perceptual_net: nn.Module,

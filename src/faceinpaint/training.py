@@ -438,6 +438,12 @@ def _params_digest(params: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(_run_identity(params), sort_keys=True).encode()).hexdigest()
 
 
+def run_digest(params: Mapping[str, Any] | None) -> str:
+    """Identity of a run: the digest of its params without budget/cadence keys. Two param sets
+    with the same digest can resume each other's checkpoints."""
+    return _params_digest(_plain(params))
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -149,8 +149,10 @@ class StandardLPIPS(FrozenNetwork):
 class UnitWeightLPIPS(FrozenNetwork):
     """LPIPS form (Zhang et al. 2018, eq. 1) on EfficientNet-Lite0 features with all linear
     weights 1 (their "baseline" variant, no learned calibration):
-    d(x, y) = sum_l mean_hw sum_c (f_l(x)/|f_l(x)| - f_l(y)/|f_l(y)|)^2, features unit-normalised
+    d(x, y) = mean_l mean_hw sum_c (f_l(x)/|f_l(x)| - f_l(y)/|f_l(y)|)^2, features unit-normalised
     over channels at each pixel, l over the five stage outputs of :class:`EfficientNetLite0Features`.
+    The mean (not LPIPS's sum) over layers keeps the distance in [0, 4] whatever the layer count,
+    closer to the scale of calibrated LPIPS, so the paper's loss weight 0.8 keeps its balance.
     """
 
     name = "lpips-efficientnet_lite0-unitweights"
@@ -164,10 +166,9 @@ class UnitWeightLPIPS(FrozenNetwork):
         return f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        total = x.new_zeros(x.shape[0])
-        for fx, fy in zip(self.features(x), self.features(y)):
-            total = total + (self.unit_normalise(fx) - self.unit_normalise(fy)).pow(2).sum(dim=1).mean(dim=(1, 2))
-        return total
+        layers = [(self.unit_normalise(fx) - self.unit_normalise(fy)).pow(2).sum(dim=1).mean(dim=(1, 2))
+                  for fx, fy in zip(self.features(x), self.features(y))]
+        return torch.stack(layers).mean(dim=0)
 
 
 def lpips_metric(name: str = "auto") -> nn.Module:
