@@ -202,19 +202,20 @@ class PartialConvUNet(nn.Module):
         return self
 
 
-class PConvInpainter(nn.Module):
-    """PConv baseline in the project's conventions (PAPER.md sec. 5; docs/CONVENTIONS.md).
+class ValidMaskAdapter(nn.Module):
+    """The one mask-polarity adapter of the baselines (PAPER.md sec. 5; docs/CONVENTIONS.md).
 
     ``forward(image_damaged, mask)``: ``N x 3 x R x R`` in [-1, 1] and ``N x 1 x R x R`` with
-    hole = 1. The mask-polarity adapter: the U-Net gets ``valid = 1 - mask``; this is the only
-    place the polarity changes. Returns ``output`` (the raw prediction) and ``composite``
-    (``output`` in the hole, ``image_damaged`` elsewhere, bit for bit).
+    hole = 1. The wrapped network ``net(image, valid)`` thinks in the papers' polarity, so it
+    gets ``valid = 1 - mask``; this is the only place the polarity changes. Returns ``output``
+    (the raw prediction) and ``composite`` (``output`` in the hole, ``image_damaged``
+    elsewhere, bit for bit).
     """
 
-    def __init__(self, resolution: int, base_width: int = 64):
+    def __init__(self, resolution: int, net: nn.Module):
         super().__init__()
         self.resolution = resolution
-        self.net = PartialConvUNet(resolution, base_width)
+        self.net = net
 
     def forward(self, image_damaged: Tensor, mask: Tensor) -> dict[str, Tensor]:
         check_inputs(image_damaged, mask, self.resolution)
@@ -224,8 +225,16 @@ class PConvInpainter(nn.Module):
         return {"output": output, "composite": composite}
 
     def set_finetune(self, enabled: bool) -> None:
-        """See :meth:`PartialConvUNet.set_finetune`."""
+        """The network's fine-tuning mode (frozen batch-norm statistics)."""
         self.net.set_finetune(enabled)
+
+
+class PConvInpainter(ValidMaskAdapter):
+    """PConv baseline in the project's conventions: :class:`PartialConvUNet` behind the
+    :class:`ValidMaskAdapter`."""
+
+    def __init__(self, resolution: int, base_width: int = 64):
+        super().__init__(resolution, PartialConvUNet(resolution, base_width))
 
 
 def check_inputs(image: Tensor, mask: Tensor, resolution: int) -> None:

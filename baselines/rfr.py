@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .pconv import PartialConv2d, channel_masks, check_inputs
+from .pconv import PartialConv2d, ValidMaskAdapter, channel_masks
 
 AREA_KERNEL = 7
 """Kernel of the encoder and area-identification partial convs (official ``RFRNet``)."""
@@ -270,27 +270,9 @@ class RFRNet(nn.Module):
         return self
 
 
-class RFRInpainter(nn.Module):
-    """RFR baseline in the project's conventions (PAPER.md sec. 5; docs/CONVENTIONS.md).
-
-    ``forward(image_damaged, mask)``: ``N x 3 x R x R`` in [-1, 1] and ``N x 1 x R x R`` with
-    hole = 1. The mask-polarity adapter: RFR-Net gets ``valid = 1 - mask``; this is the only
-    place the polarity changes. Returns ``output`` (the raw prediction) and ``composite``
-    (``output`` in the hole, ``image_damaged`` elsewhere, bit for bit).
-    """
+class RFRInpainter(ValidMaskAdapter):
+    """RFR baseline in the project's conventions: :class:`RFRNet` behind the
+    :class:`~baselines.pconv.ValidMaskAdapter`."""
 
     def __init__(self, resolution: int, base_width: int = 64, recurrences: int = 6):
-        super().__init__()
-        self.resolution = resolution
-        self.net = RFRNet(resolution, base_width, recurrences)
-
-    def forward(self, image_damaged: Tensor, mask: Tensor) -> dict[str, Tensor]:
-        check_inputs(image_damaged, mask, self.resolution)
-        output = self.net(image_damaged, 1.0 - mask)
-        # == mask * output + (1 - mask) * image_damaged for a 0/1 mask, exact outside the hole
-        composite = torch.where(mask > 0.5, output, image_damaged)
-        return {"output": output, "composite": composite}
-
-    def set_finetune(self, enabled: bool) -> None:
-        """See :meth:`RFRNet.set_finetune`."""
-        self.net.set_finetune(enabled)
+        super().__init__(resolution, RFRNet(resolution, base_width, recurrences))

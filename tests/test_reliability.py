@@ -1,0 +1,142 @@
+"""Crash, resume and determinism of a real model on the `smoke` profile, through the CLI a user
+runs (``faceinpaint train`` / ``evaluate``), in a scratch project with the real data."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, require_data
+
+CLI = [sys.executable, "-m", "faceinpaint.cli"]
+
+
+def make_project(path: Path, section: str = "pconv", **budget) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "data").symlink_to(ROOT / "data")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["profile"] = "smoke"
+    raw["profiles"]["smoke"][section].update(budget)
+    raw["profiles"]["smoke"]["evaluate"].update(max_test_images=20, irregular_per_bin=1)
+    (path / "params.yaml").write_text(yaml.safe_dump(raw))
+    return path
+
+
+def run(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FACEINPAINT_MLFLOW="0", OMP_NUM_THREADS="1")
+    return subprocess.run([*CLI, *args], cwd=project, env=env, capture_output=True, text=True, check=check, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """One prepared smoke data folder, shared (read-only) by every scratch project."""
+    require_data()
+    base = make_project(tmp_path_factory.mktemp("prep") / "p")
+    raw = yaml.safe_load((base / "params.yaml").read_text())
+    raw["data"]["max_train_images"], raw["data"]["max_test_images"] = 200, 40
+    (base / "params.yaml").write_text(yaml.safe_dump(raw))
+    run(base, "prepare")
+    return base / "artifacts" / "prepared"
+
+
+def project_with_data(path: Path, prepared: Path, section: str = "pconv", **budget) -> Path:
+    project = make_project(path, section, **budget)
+    (project / "artifacts").mkdir()
+    (project / "artifacts" / "prepared").symlink_to(prepared)
+    return project
+
+
+def model_state(project: Path, model: str = "pconv") -> dict:
+    state = torch.load(project / f"artifacts/models/{model}/model.pt", weights_only=True)["state"]
+    return state["net" if model == "pconv" else "G"]
+
+
+def same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_same_seed_twice_gives_identical_metrics(tmp_path, prepared):
+    results = []
+    for name in ("a", "b"):
+        project = project_with_data(tmp_path / name, prepared, max_steps=12)
+        run(project, "train", "pconv")
+        run(project, "evaluate", "pconv")
+        results.append(((project / "reports/metrics/eval_pconv.json").read_bytes(), model_state(project)))
+    assert results[0][0] == results[1][0]  # the metrics file, byte for byte
+    assert same_state(results[0][1], results[1][1])
+    assert json.loads(results[0][0])["psnr"] > 0
+
+
+def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path, prepared):
+    budget = dict(max_steps=60, checkpoint_every=5, log_every=5, sample_every=1000)
+    reference = project_with_data(tmp_path / "reference", prepared, **budget)
+    run(reference, "train", "pconv")
+
+    crashed = project_with_data(tmp_path / "crashed", prepared, **budget)
+    env = dict(os.environ, FACEINPAINT_MLFLOW="0", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([*CLI, "train", "pconv"], cwd=crashed, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            progress = list((crashed / "artifacts/models/pconv/runs").glob("*/checkpoints/previous.pt"))
+            if progress:  # at least two checkpoints written: kill somewhere in the middle
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        proc.wait(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before it could be killed (machine too fast for this budget)")
+    assert proc.returncode == -signal.SIGKILL
+    assert not (crashed / "artifacts/models/pconv/model.pt").exists()
+
+    out = run(crashed, "train", "pconv")
+    assert "60 steps" in out.stdout
+    assert same_state(model_state(crashed), model_state(reference))
+    ref_stats = next((reference / "artifacts/models/pconv/runs").glob("*/stats.jsonl")).read_text()
+    got_stats = next((crashed / "artifacts/models/pconv/runs").glob("*/stats.jsonl")).read_text()
+    assert got_stats == ref_stats
+
+
+def test_a_larger_budget_continues_the_run(tmp_path, prepared):
+    # variant 1: its schedule is in absolute steps (PConv's fine-tuning phase is a share of the
+    # budget, so a longer PConv budget rightly changes the run it continues)
+    reference = project_with_data(tmp_path / "reference", prepared, "texture", max_steps=12)
+    run(reference, "train", "variant1")
+    grown = project_with_data(tmp_path / "grown", prepared, "texture", max_steps=6)
+    run(grown, "train", "variant1")
+    params = yaml.safe_load((grown / "params.yaml").read_text())
+    params["profiles"]["smoke"]["texture"]["max_steps"] = 12
+    (grown / "params.yaml").write_text(yaml.safe_dump(params))
+    out = run(grown, "train", "variant1")
+    assert "12 steps" in out.stdout
+    assert same_state(model_state(grown, "variant1"), model_state(reference, "variant1"))
+    progress = json.loads((grown / "artifacts/models/variant1/progress.json").read_text())
+    assert progress["resumed_from_step"] == 6
+
+
+def test_changed_architecture_trains_in_its_own_run_folder(tmp_path, prepared):
+    project = project_with_data(tmp_path / "p", prepared, max_steps=4)
+    run(project, "train", "pconv")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["profiles"]["smoke"]["pconv"]["base_width"] = 16
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    run(project, "train", "pconv")
+    assert len(list((project / "artifacts/models/pconv/runs").iterdir())) == 2
+
+
+def test_bad_params_fail_with_the_key_path(tmp_path):
+    project = make_project(tmp_path / "p")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["profiles"]["smoke"]["texture"]["softmax_scale"] = -1
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    out = run(project, "train", "full", check=False)
+    assert out.returncode != 0 and "profiles.smoke.texture.softmax_scale" in out.stderr
