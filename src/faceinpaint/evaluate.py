@@ -114,6 +114,8 @@ def metrics_file(summary: dict, rows_path: Path) -> dict:
 
     out = {k: round(v, 5) for k, v in summary.items() if isinstance(v, float)}
     out["n_images"] = summary["n_images"]
+    out["resolution"] = summary["resolution"]
+    out["backbones"] = summary["backbones"]
     rows = pd.read_csv(rows_path)
     irr = rows[rows["mask_set"] == "irregular"].groupby("area_bin")["psnr"].mean()
     out["irregular_psnr"] = {b: round(float(v), 4) for b, v in irr.items()}
