@@ -128,17 +128,18 @@ def inpaint(image: str, mask: str, model_name: str, output: str, params: str, pr
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (loopback by default).")
-@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --host (the UI has no authentication).")
 def ui(host: str, port: int, allow_remote: bool) -> None:
     """Browse every run in the MLflow UI (SQLite backend mlflow.db)."""
-    from .ui import UIError, serve
+    from .ui import UIError, serve, url
 
     try:
-        click.echo(f"MLflow UI on http://{host}:{port}")
-        raise SystemExit(serve(host, port, allow_remote))
+        click.echo(f"MLflow UI on {url(host, port)} (Ctrl-C stops it)")
+        code = serve(host, port, allow_remote)
     except UIError as err:
         raise click.ClickException(str(err)) from None
+    raise SystemExit(code)
 
 
 @cli.command("check-metrics")

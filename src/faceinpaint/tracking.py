@@ -14,7 +14,7 @@
 * Tags of every stage run: ``model``, ``stage``, ``dvc_stage``, ``profile``, ``git_commit``,
   ``git_dirty``, ``pipeline_run``.
 
-Browse with ``mlflow ui --backend-store-uri sqlite:///mlflow.db`` (it listens on 127.0.0.1).
+Browse with ``faceinpaint ui`` (``mlflow server`` on this database, listening on 127.0.0.1).
 """
 
 from __future__ import annotations

@@ -1,45 +1,98 @@
-"""The MLflow UI over the suite's SQLite tracking database, on loopback only by default.
+"""The MLflow UI over the suite's SQLite tracking database, on loopback unless asked otherwise.
 
-``faceinpaint ui`` runs ``mlflow server`` with ``--backend-store-uri sqlite:///mlflow.db`` (the
-database every stage logs to, :func:`faceinpaint.tracking.tracking_uri`) and the artifact
-folder beside it, bound to 127.0.0.1. Another interface needs an explicit ``allow_remote``.
+``faceinpaint ui`` runs ``mlflow server`` on the database every stage logs to
+(:func:`faceinpaint.tracking.tracking_uri`, ``sqlite:///<repo root>/mlflow.db``), with the
+``mlartifacts/`` folder beside it as artifact root, bound to 127.0.0.1.
+
+The MLflow server has no authentication, so another interface needs ``allow_remote=True``.
+MLflow 3 needs no extra flag to serve on loopback: its security middleware (``Host`` header
+check against DNS rebinding, CORS) admits loopback names by default. The command narrows the
+admitted ``Host`` headers to the loopback names (and ``host``) with this port; MLflow's default
+also admits any port and every private-network address. The middleware is never disabled.
+
+MLflow's job runner (GenAI scorers and trace roll-ups, seven worker processes) is switched off:
+the runs of this suite give it nothing to do.
 """
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
+from pathlib import Path
 
 from .tracking import _artifact_location, tracking_uri
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+WILDCARD_HOSTS = ("0.0.0.0", "::")
+
+log = logging.getLogger(__name__)
 
 
 class UIError(ValueError):
     """The UI cannot be served as asked; the message says why."""
 
 
+def _host_header(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def url(host: str = "127.0.0.1", port: int = 5000) -> str:
+    """The address a browser on this machine opens for a server bound to ``host:port``."""
+    return f"http://{_host_header('127.0.0.1' if host in WILDCARD_HOSTS else host, port)}"
+
+
 def server_command(host: str = "127.0.0.1", port: int = 5000, backend_uri: str | None = None,
                    allow_remote: bool = False) -> list[str]:
-    """The ``mlflow server`` command line for the suite's tracking database."""
+    """The ``mlflow server`` command line serving ``backend_uri`` (default: the suite's database).
+
+    Raises :class:`UIError` for a non-loopback ``host`` without ``allow_remote``, a port outside
+    1..65535, or a backend that is not a SQLite database.
+    """
     if host not in LOOPBACK_HOSTS and not allow_remote:
-        raise UIError(f"refusing to serve the MLflow UI on {host!r}: it has no authentication, so it "
-                      f"listens on loopback ({', '.join(LOOPBACK_HOSTS)}) unless remote access is asked for explicitly")
+        raise UIError(f"refusing to serve the MLflow UI on {host!r}: it has no authentication, so it listens on "
+                      f"loopback ({', '.join(LOOPBACK_HOSTS)}) unless remote access is asked for explicitly "
+                      "(allow_remote=True, `faceinpaint ui --allow-remote`)")
     if not 0 < port < 65536:
         raise UIError(f"port must be in 1..65535, got {port}")
     uri = backend_uri or tracking_uri()
-    if not uri.startswith("sqlite:"):
-        raise UIError(f"backend {uri!r}: the suite's runs live in a SQLite database (sqlite:///...)")
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-               "--host", host, "--port", str(port), "--workers", "1"]
+    if not uri.startswith("sqlite:///"):
+        hint = " (that is already a server: open it in the browser)" if uri.startswith(("http://", "https://")) else ""
+        raise UIError(f"backend {uri!r}: the suite's runs live in a SQLite database (sqlite:///...){hint}")
     artifacts = _artifact_location(uri)
-    if artifacts:
-        command += ["--default-artifact-root", artifacts, "--artifacts-destination", artifacts]
-    if host in LOOPBACK_HOSTS:
-        command += ["--allowed-hosts", f"127.0.0.1:{port},localhost:{port},[::1]:{port}"]
+    command = ["env", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false",
+               sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+               "--default-artifact-root", artifacts, "--artifacts-destination", artifacts,
+               "--host", host, "--port", str(port), "--workers", "1"]
+    if host not in WILDCARD_HOSTS:
+        # a wildcard bind can be reached under any name; there MLflow's default list
+        # (loopback and private networks, or MLFLOW_SERVER_ALLOWED_HOSTS) applies
+        names = dict.fromkeys(_host_header(name, port) for name in (*LOOPBACK_HOSTS, host))
+        command += ["--allowed-hosts", ",".join(names)]
     return command
 
 
 def serve(host: str = "127.0.0.1", port: int = 5000, allow_remote: bool = False) -> int:
-    """Run the MLflow UI in the foreground until interrupted; returns its exit code."""
-    return subprocess.call(server_command(host, port, allow_remote=allow_remote))
+    """Run the MLflow UI on the suite's database in the foreground until Ctrl-C.
+
+    Returns the server's exit code, 0 after Ctrl-C. Raises :class:`UIError` (see
+    :func:`server_command`), also when the database does not exist yet, which usually means the
+    wrong working directory.
+    """
+    command = server_command(host, port, allow_remote=allow_remote)
+    database = Path(command[command.index("--backend-store-uri") + 1][len("sqlite:///"):])
+    if not database.is_file():
+        raise UIError(f"no tracking database at {database}: run a stage first (or start from the repository, "
+                      "or set MLFLOW_TRACKING_URI=sqlite:///path/to/mlflow.db)")
+    log.info("MLflow UI on %s (Ctrl-C stops it)", url(host, port))
+    server = subprocess.Popen(command)
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        # the terminal sent SIGINT to the server as well: let it shut down its workers
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.terminate()
+            server.wait()
+        return 0
