@@ -91,6 +91,7 @@ MODELS = {  # folder -> (level, feature shift, twin of "full", seed)
     "pconv": (1.0, 1.0, False, 3),
     "rfr": (1.3, 1.5, False, 4),
     "biharmonic": (2.0, 2.5, False, 5),
+    "structure": (1.6, 2.0, False, 6),
 }  # variant1 is not run
 
 
@@ -180,6 +181,24 @@ def test_figures_are_grids_of_the_evaluated_pixels(report):
     with Image.open(out / "figure5.png") as im:
         not_run = _panel(np.asarray(im.convert("RGB")), 0, 1, SIZE, SIZE)  # the Variant 1 column
     assert (not_run[0, 0] == 217).all()  # grey "not run" panel, no image
+
+
+def test_stage1_table_and_figure_set_the_structure_reconstructor_against_biharmonic(report):
+    root, out, _ = report
+    stage1 = load_eval_dir(root / "structure", "Stage 1 (structure)")
+    classical = load_eval_dir(root / "biharmonic", "inpaint_biharmonic")
+    csv = pd.read_csv(out / "table_stage1.csv")
+    assert csv["model"].tolist() == ["Stage 1 (structure)", "inpaint_biharmonic"]  # the classical row once
+    assert csv.set_index("model").loc["Stage 1 (structure)", "fd"] == pytest.approx(stage1.value("fd"))
+    assert csv.set_index("model").loc["inpaint_biharmonic", "fd"] == pytest.approx(classical.value("fd"))
+    md = (out / "table_stage1.md").read_text()
+    assert md.startswith("# Stage 1 alone") and f"{stage1.value('psnr'):.3f}" in md
+    with Image.open(out / "figure_stage1.png") as im:
+        assert im.size == figure_canvas_size(K, 4, SIZE, SIZE)  # damaged | stage 1 | biharmonic | original
+        img = np.asarray(im.convert("RGB"))
+    for row in range(K):
+        assert np.array_equal(_panel(img, row, 1, SIZE, SIZE), stage1.samples["composite"][row])
+        assert np.array_equal(_panel(img, row, 2, SIZE, SIZE), classical.samples["composite"][row])
 
 
 def test_metrics_json_is_flat_and_numeric(report):

@@ -99,7 +99,9 @@ from .metrics import (
 NOT_RUN = "not run"
 
 CLASSICAL = "inpaint_biharmonic"
+STAGE1 = "Stage 1 (structure)"
 DEFAULT_MODELS: dict[str, str] = {
+    STAGE1: "structure",
     "PConv": "pconv",
     "RFR": "rfr",
     "Ours": "full",
@@ -119,10 +121,18 @@ PAPER_NUMBERS: dict[str, dict[str, float]] = {
 TABLES: dict[str, tuple[str, ...]] = {
     "table1": ("PConv", "RFR", "Ours"),
     "table2": ("Variant 1", "Variant 2", "Ours"),
+    # not in the paper: the structure reconstructor's composite alone (PAPER.md sec. 2)
+    "table_stage1": (STAGE1,),
+}
+TABLE_TITLES: dict[str, str] = {
+    "table1": "Table 1: comparison with PConv and RFR",
+    "table2": "Table 2: ablation (variants)",
+    "table_stage1": "Stage 1 alone: the pSp structure reconstructor's composite against the classical fill",
 }
 FIGURES: dict[str, tuple[str, ...]] = {
     "figure3": ("PConv", "RFR", "Ours"),
     "figure5": ("Variant 1", "Variant 2", "Ours"),
+    "figure_stage1": (STAGE1, CLASSICAL),
 }
 
 
@@ -419,7 +429,7 @@ def _caption(results: Sequence[EvalResult]) -> list[str]:
 def table_frame(names: Sequence[str], results: dict[str, EvalResult | None], eval_names: Mapping[str, str]) -> pd.DataFrame:
     """One row per model (``names`` then the classical row): our numbers beside the paper's."""
     records = []
-    for display in (*names, CLASSICAL):
+    for display in dict.fromkeys((*names, CLASSICAL)):
         r = results.get(display)
         paper = PAPER_NUMBERS.get(display, {})
         record = {
@@ -755,7 +765,7 @@ def build_report(
     for table, names in TABLES.items():
         frame = table_frame(names, results, models)
         present = [results[n] for n in (*names, CLASSICAL) if results[n] is not None]
-        title = {"table1": "Table 1: comparison with PConv and RFR", "table2": "Table 2: ablation (variants)"}[table]
+        title = TABLE_TITLES[table]
         frame.to_csv(out_dir / f"{table}.csv", index=False)
         (out_dir / f"{table}.md").write_text(table_markdown(title, frame, present))
         written[f"{table}.csv"], written[f"{table}.md"] = out_dir / f"{table}.csv", out_dir / f"{table}.md"
