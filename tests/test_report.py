@@ -283,3 +283,21 @@ def test_samples_and_their_indices():
     assert (samples["damaged"][hole] == 128).all()  # 0 in [-1, 1] is mid-grey
     assert np.array_equal(samples["damaged"][~hole], samples["original"][~hole])
     assert np.array_equal(samples["original"], np.round((image.permute(0, 2, 3, 1).numpy() + 1) * 127.5).astype(np.uint8))
+
+
+def test_loss_curves_png_draws_every_training_csv(tmp_path):
+    from faceinpaint.report import FIGURE_DPI, plot_loss_curves
+
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    steps = np.arange(25, 201, 25)
+    pd.DataFrame({"step": steps, "epoch": steps / 600, "images_seen": steps * 8, "total": 1.0 / steps,
+                  "lr/generator": 1e-4}).to_csv(plots / "train_pconv.csv", index=False)
+    pd.DataFrame({"step": steps, "images_seen": steps * 16, "d_loss": np.linspace(1.4, 0.6, len(steps)),
+                  "g_loss": np.linspace(-0.5, 2.0, len(steps))}).to_csv(plots / "train_stylegan.csv", index=False)
+    pd.DataFrame({"step": [], "total": []}).to_csv(plots / "train_rfr.csv", index=False)  # no rows yet
+    (plots / "notes.csv").write_text("step,x\n1,2\n")  # not a training curve
+    out = tmp_path / "loss_curves.png"
+    assert plot_loss_curves(plots, out) == ["pconv", "stylegan"]
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size == (round(2 * 4.2 * FIGURE_DPI), round(3.2 * FIGURE_DPI))

@@ -97,12 +97,14 @@ def evaluate(model: str, params: str, profile: str | None, device: str) -> None:
 @profile_option
 @click.option("--eval-root", default="artifacts/eval", show_default=True)
 @click.option("--out", default="reports", show_default=True)
-def report(params: str, profile: str | None, eval_root: str, out: str) -> None:
+@click.option("--plots", default="reports/plots", show_default=True, help="Training curves (train_<model>.csv) for loss_curves.png.")
+def report(params: str, profile: str | None, eval_root: str, out: str, plots: str) -> None:
     """Tables 1-2, Figures 3 and 5, claims C1-C3, irregular-mask bins."""
     from .report import build_report
 
     cfg = _config(params, profile)
-    written = build_report(eval_root, out, n_bootstrap=cfg.evaluate.bootstrap, n_bootstrap_fd=cfg.evaluate.bootstrap_fd, seed=cfg.seed)
+    written = build_report(eval_root, out, n_bootstrap=cfg.evaluate.bootstrap, n_bootstrap_fd=cfg.evaluate.bootstrap_fd, seed=cfg.seed,
+                           plots_dir=plots)
     click.echo("wrote " + ", ".join(sorted(str(p) for p in written.values())))
 
 

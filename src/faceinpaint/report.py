@@ -724,6 +724,42 @@ def plot_irregular(path: Path, frame: pd.DataFrame) -> None:
     fig.savefig(path, dpi=FIGURE_DPI)
 
 
+# ------------------------------------------------------------------------------ loss curves
+
+LOSS_CURVE_SKIP = ("step", "epoch", "images_seen")
+
+
+def plot_loss_curves(plots_dir: str | Path, path: Path) -> list[str]:
+    """One panel per ``train_<model>.csv`` of ``plots_dir``: every logged loss term against
+    the training step (log scale where a term stays positive; learning rates left out), so the
+    curves can be read offline without ``dvc plots``' web page. Returns the models drawn."""
+    files = sorted(Path(plots_dir).glob("train_*.csv"))
+    frames = [(f.stem[len("train_"):], pd.read_csv(f)) for f in files]
+    frames = [(m, df) for m, df in frames if "step" in df.columns and len(df)]
+    n = max(1, len(frames))
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.2 * rows), dpi=FIGURE_DPI)
+    FigureCanvasAgg(fig)
+    if not frames:
+        fig.text(0.5, 0.5, "no training curves yet", ha="center", va="center")
+    for i, (model, df) in enumerate(frames):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        terms = [c for c in df.columns if c not in LOSS_CURVE_SKIP and not c.startswith("lr/")]
+        for term in terms:
+            ax.plot(df["step"], df[term], label=term, linewidth=1.2)
+        if terms and (df[terms] > 0).all().all():
+            ax.set_yscale("log")
+        seen = int(df["images_seen"].iloc[-1]) if "images_seen" in df.columns else None
+        ax.set_title(model + (f" ({_fmt_count(seen)} images)" if seen is not None else ""), fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=FIGURE_DPI)
+    return [m for m, _ in frames]
+
+
 # ------------------------------------------------------------------------------------ report
 
 
@@ -749,12 +785,14 @@ def build_report(
     n_bootstrap: int = 2000,
     n_bootstrap_fd: int = 1000,
     seed: int = 0,
+    plots_dir: str | Path | None = None,
 ) -> dict[str, Path]:
     """The ``report`` stage. ``models`` maps display names (those of :data:`TABLES`, the
     classical :data:`CLASSICAL`, or others, which appear in the irregular table and metrics)
     to folder names under ``eval_root``. ``n_bootstrap`` resamples test PSNR / SSIM claims,
-    ``n_bootstrap_fd`` the FD claims (see :class:`ClaimTester` for why they differ). Returns the
-    written files by name."""
+    ``n_bootstrap_fd`` the FD claims (see :class:`ClaimTester` for why they differ). With
+    ``plots_dir`` (the training stages' ``train_<model>.csv``) it also draws ``loss_curves.png``.
+    Returns the written files by name."""
     eval_root, out_dir = Path(eval_root), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {display: load_eval_dir(eval_root / name, display) for display, name in models.items()}
@@ -790,6 +828,10 @@ def build_report(
     plot_irregular(out_dir / "irregular_psnr_vs_area.png", irregular)
     for name in ("irregular_bins.csv", "irregular_bins.md", "irregular_psnr_vs_area.png"):
         written[name] = out_dir / name
+
+    if plots_dir is not None:
+        plot_loss_curves(plots_dir, out_dir / "loss_curves.png")
+        written["loss_curves.png"] = out_dir / "loss_curves.png"
 
     (out_dir / "metrics.json").write_text(json.dumps(metrics_document(results), indent=2, sort_keys=True) + "\n")
     written["metrics.json"] = out_dir / "metrics.json"
