@@ -512,7 +512,9 @@ def render_grid(path: Path, columns: Sequence[tuple[str, np.ndarray | None]]) ->
     FigureCanvasAgg(fig)
     for c, (title, images) in enumerate(columns):
         x0 = FIGURE_GAP_PX + c * (pw + FIGURE_GAP_PX)
-        fig.text((x0 + pw / 2) / width_px, 1 - FIGURE_HEADER_PX / 2 / height_px, title, ha="center", va="center", fontsize=10)
+        label = title if len(title) <= 18 else title.replace(" (", "\n(", 1)  # two short lines fit the header
+        fig.text((x0 + pw / 2) / width_px, 1 - FIGURE_HEADER_PX / 2 / height_px, label, ha="center", va="center",
+                 fontsize=10 if "\n" not in label and len(label) <= 18 else 8)
         for row in range(k):
             y0 = FIGURE_HEADER_PX + FIGURE_GAP_PX + row * (ph + FIGURE_GAP_PX)
             ax = fig.add_axes((x0 / width_px, 1 - (y0 + ph) / height_px, pw / width_px, ph / height_px))
