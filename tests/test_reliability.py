@@ -148,7 +148,7 @@ def test_smoke_structure_stage_beats_a_mean_colour_fill_on_held_out_holes(tmp_pa
     the ten evaluation squares of the held-out test images is below that of filling every hole
     with the training images' mean colour."""
     from faceinpaint.config import load_config
-    from faceinpaint.masks import square_boxes
+    from faceinpaint.masks import square_masks
     from faceinpaint.recipes import load_inpainter
 
     project = project_with_data(tmp_path / "stage1", prepared, "structure")
@@ -159,9 +159,8 @@ def test_smoke_structure_stage_beats_a_mean_colour_fill_on_held_out_holes(tmp_pa
     to_unit = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float().div(127.5).sub(1)  # noqa: E731
     train = np.load(prepared / "train_images.npy")
     test = to_unit(np.load(prepared / "test_images.npy"))
-    mask = torch.zeros(len(test), 1, cfg.resolution, cfg.resolution)
-    for i, (x0, y0, x1, y1) in enumerate(square_boxes(cfg.resolution)[k % 10] for k in range(len(test))):
-        mask[i, :, y0:y1, x0:x1] = 1
+    squares = torch.from_numpy(square_masks(cfg.resolution, cfg.masks.square_min_frac, cfg.masks.square_max_frac))
+    mask = squares[torch.arange(len(test)) % len(squares)][:, None].float()  # test image i: square i mod 10
     with torch.no_grad():
         composite = load_inpainter(cfg, "structure")(test * (1 - mask), mask)["composite"]
     mean_colour = torch.tensor(train.reshape(-1, 3).mean(0) / 127.5 - 1, dtype=torch.float32).view(1, 3, 1, 1)

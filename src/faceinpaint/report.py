@@ -512,9 +512,10 @@ def render_grid(path: Path, columns: Sequence[tuple[str, np.ndarray | None]]) ->
     FigureCanvasAgg(fig)
     for c, (title, images) in enumerate(columns):
         x0 = FIGURE_GAP_PX + c * (pw + FIGURE_GAP_PX)
-        label = title if len(title) <= 18 else title.replace(" (", "\n(", 1)  # two short lines fit the header
+        short = len(title) <= 18  # a longer title goes on two smaller lines to fit the header
+        label = title if short else title.replace(" (", "\n(", 1)
         fig.text((x0 + pw / 2) / width_px, 1 - FIGURE_HEADER_PX / 2 / height_px, label, ha="center", va="center",
-                 fontsize=10 if "\n" not in label and len(label) <= 18 else 8)
+                 fontsize=10 if short else 8)
         for row in range(k):
             y0 = FIGURE_HEADER_PX + FIGURE_GAP_PX + row * (ph + FIGURE_GAP_PX)
             ax = fig.add_axes((x0 / width_px, 1 - (y0 + ph) / height_px, pw / width_px, ph / height_px))
@@ -733,7 +734,7 @@ LOSS_CURVE_SKIP = ("step", "epoch", "images_seen")
 
 def plot_loss_curves(plots_dir: str | Path, path: Path) -> list[str]:
     """One panel per ``train_<model>.csv`` of ``plots_dir``: every logged loss term against
-    the training step (log scale where a term stays positive; learning rates left out), so the
+    the training step (log scale when every term stays positive; learning rates left out), so the
     curves can be read offline without ``dvc plots``' web page. Returns the models drawn."""
     files = sorted(Path(plots_dir).glob("train_*.csv"))
     frames = [(f.stem[len("train_"):], pd.read_csv(f)) for f in files]
