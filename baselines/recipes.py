@@ -2,9 +2,9 @@
 
 Both baselines train with the PConv loss family (valid 1, hole 6, perceptual 0.05, style 120,
 TV 0.1; ``losses.pconv`` / ``losses.rfr``) and Adam, then a fine-tuning phase with the encoder's
-batch-norm frozen at a lower learning rate (Liu et al. 2018: 2e-4, then 5e-5). The share of the
-step budget given to fine-tuning is ``finetune_fraction`` (the paper's schedule scaled to the
-profile's budget).
+batch-norm frozen at a lower learning rate (Liu et al. 2018: 2e-4, then 5e-5). Fine-tuning starts
+at the absolute step ``finetune_from_step``, so a run extended to a larger ``max_steps`` is the
+same run as one trained to that budget without a break.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from faceinpaint.config import Config
-from faceinpaint.recipes import damaged
-from faceinpaint.training import Recipe, unwrap
+from faceinpaint.recipes import InpainterRecipe, damaged
+from faceinpaint.training import unwrap
 
 from .losses import LossWeights, inpainting_loss
 from .pconv import PConvInpainter
@@ -28,14 +28,14 @@ def build_baseline(cfg: Config, name: str) -> torch.nn.Module:
     raise ValueError(f"unknown baseline {name!r}; expected pconv or rfr")
 
 
-class BaselineRecipe(Recipe):
+class BaselineRecipe(InpainterRecipe):
     trainable = ("net",)
 
     def __init__(self, cfg: Config, name: str):
         self.cfg, self.name = cfg, name
         self.p = getattr(cfg, name)
         self.weights = LossWeights(**getattr(cfg.losses, name).model_dump())
-        self.finetune_from = int(round(self.p.max_steps * (1 - self.p.finetune_fraction)))
+        self.finetune_from = self.p.finetune_from_step
 
     def build(self, device):
         from faceinpaint.pretrained import perceptual_backbone
@@ -60,6 +60,9 @@ class BaselineRecipe(Recipe):
         terms["total"].backward()
         optimizers["net"].step()
         return {**{k: v.detach() for k, v in terms.items()}, "finetune": float(finetune)}
+
+    def inference(self, modules):
+        return modules["net"], [modules["net"]]
 
     def sample(self, modules, batch):
         image, mask, image_damaged = damaged(batch)

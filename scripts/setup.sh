@@ -16,5 +16,5 @@ import torch, torchvision
 assert torch.__version__.split("+")[0] == "2.14.1", f"torch {torch.__version__} installed, expected 2.14.1"
 assert torchvision.__version__.split("+")[0] == "0.29.1", f"torchvision {torchvision.__version__}, expected 0.29.1"
 PY
-# only the external inputs: pipeline outputs in dvc.lock are rebuilt by `dvc repro`, not pulled
-.venv/bin/dvc pull -q data.dvc
+# the external inputs (shared remote) and every trained model in the model store (store/)
+.venv/bin/python scripts/store.py pull

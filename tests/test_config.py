@@ -76,9 +76,9 @@ def test_flat_dict_has_profile_values():
     assert flat["profile"] == "smoke" and flat["resolution"] == 32 and flat["losses.texture.l1"] == 100.0
 
 
-def test_stage_params_hold_only_what_the_stage_depends_on():
+def test_params_under_hold_only_the_given_paths():
     cfg = load_config(profile="cpu")
-    tex = cfg.stage_params("texture")
+    tex = cfg.params_under(("seed", "data", "resolution", "texture", "losses.texture"))
     assert tex["texture.base_width"] == cfg.texture.base_width and tex["losses.texture.l1"] == 100.0
     assert tex["resolution"] == 64 and "data.source" in tex and "seed" in tex
-    assert not any(k.startswith(("stylegan.", "pconv.", "losses.structure.", "losses.pconv.")) for k in tex)
+    assert not any(k.startswith(("stylegan.", "pconv.", "losses.structure.", "losses.pconv.", "masks.")) for k in tex)

@@ -300,6 +300,10 @@ def _check_suite(fid, tmp_path):
         real_feats, fake_feats = fid(original).double().numpy(), fid(composite).double().numpy()
     np.testing.assert_allclose(square["id_sim"], cos, rtol=1e-5)
     np.testing.assert_allclose(square["hole_fraction"], square_mask.mean(dim=(1, 2, 3)).numpy())
+    for i in range(len(square)):  # hole L1 on the [0, 1] scale: mean |difference| over hole pixels and channels
+        hole = square_mask[i, 0].bool()
+        by_hand = ((composite[i].double() - original[i].double()).abs() / 2)[:, hole].mean().item()
+        assert square["hole_l1"].iloc[i] == pytest.approx(by_hand, rel=1e-9)
     assert (square["area_bin"] == "0-10%").all()
     irregular = rows[rows["mask_set"] == "irregular"]
     assert len(irregular) == 2 and irregular["area_bin"].iloc[0] == area_bin(float(irregular_mask[0].mean()))
@@ -314,6 +318,10 @@ def _check_suite(fid, tmp_path):
     assert summary[fd_key] == pytest.approx(exact_fd, rel=1e-4)
     assert summary["lpips_efficientnet_lite0-unitweights"] == pytest.approx(square["lpips"].mean())
     assert summary["n_images"] == 4 and summary["psnr"] == pytest.approx(square["psnr"].mean())
+    assert summary["hole_l1"] == pytest.approx(square["hole_l1"].mean())
+    with torch.no_grad():  # the face-embedding FD: identity embeddings of the same square-set images
+        face_real, face_fake = embedder(original).double().numpy(), embedder(composite).double().numpy()
+    assert summary["fd_faceapi-resnet29"] == pytest.approx(frechet_distance(face_real, face_fake), rel=1e-6)
 
     summary.update(model="biharmonic", resolution=64, square_boxes=[[0, 0, 8, 8]] * 10, training={})
     pick = figure_sample_indices(4, 2)

@@ -107,31 +107,72 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path, prepared):
     assert got_stats == ref_stats
 
 
-def test_a_larger_budget_continues_the_run(tmp_path, prepared):
-    # variant 1: its schedule is in absolute steps (PConv's fine-tuning phase is a share of the
-    # budget, so a longer PConv budget rightly changes the run it continues)
-    reference = project_with_data(tmp_path / "reference", prepared, "texture", max_steps=12)
-    run(reference, "train", "variant1")
-    grown = project_with_data(tmp_path / "grown", prepared, "texture", max_steps=6)
-    run(grown, "train", "variant1")
-    params = yaml.safe_load((grown / "params.yaml").read_text())
-    params["profiles"]["smoke"]["texture"]["max_steps"] = 12
-    (grown / "params.yaml").write_text(yaml.safe_dump(params))
-    out = run(grown, "train", "variant1")
+def set_params(project: Path, section: str, **values) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["profiles"]["smoke"][section].update(values)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def progress(project: Path, model: str) -> dict:
+    return json.loads((project / f"artifacts/models/{model}/progress.json").read_text())
+
+
+@pytest.mark.parametrize("model, section, extra", [
+    ("variant1", "texture", {}),
+    ("pconv", "pconv", {"finetune_from_step": 8}),  # the fine-tuning phase starts inside the extension
+    ("rfr", "rfr", {"finetune_from_step": 8}),
+    ("structure", "structure", {}),
+])
+def test_a_larger_budget_continues_the_run(tmp_path, prepared, model, section, extra):
+    projects = {}
+    for name, first_budget in (("reference", 12), ("grown", 6)):
+        projects[name] = project = project_with_data(tmp_path / name, prepared, section, max_steps=first_budget, **extra)
+        if model == "structure":
+            run(project, "train", "stylegan")  # the same prior in both projects (same seed)
+        run(project, "train", model)
+    grown = projects["grown"]
+    set_params(grown, section, max_steps=12)
+    out = run(grown, "train", model)
     assert "12 steps" in out.stdout
-    assert same_state(model_state(grown, "variant1"), model_state(reference, "variant1"))
-    progress = json.loads((grown / "artifacts/models/variant1/progress.json").read_text())
-    assert progress["resumed_from_step"] == 6
+    assert progress(grown, model)["resumed_from_step"] == 6
+    key = {"variant1": "G", "pconv": "net", "rfr": "net", "structure": "encoder"}[model]
+    state = lambda p: torch.load(p / f"artifacts/models/{model}/model.pt", weights_only=True)["state"][key]  # noqa: E731
+    assert same_state(state(grown), state(projects["reference"]))
 
 
-def test_changed_architecture_trains_in_its_own_run_folder(tmp_path, prepared):
+def test_a_retrained_prior_starts_structure_afresh_against_it(tmp_path, prepared):
+    project = project_with_data(tmp_path / "p", prepared, "structure", max_steps=6)
+    set_params(project, "stylegan", max_steps=10)
+    run(project, "train", "stylegan")
+    run(project, "train", "structure")
+    first_run = {p.name for p in (project / "artifacts/models/structure/runs").iterdir()}
+    set_params(project, "stylegan", max_steps=14)
+    run(project, "train", "stylegan")
+    assert progress(project, "stylegan")["resumed_from_step"] == 10  # the prior continued
+    out = run(project, "train", "structure")
+    assert "6 steps" in out.stdout
+    assert progress(project, "structure")["resumed_from_step"] == 0  # not resumed from the old prior's run
+    runs = {p.name for p in (project / "artifacts/models/structure/runs").iterdir()}
+    assert len(runs) == 1 and runs != first_run  # only the current run stays in the DVC output
+    assert {p.name for p in (project / "artifacts/archive/structure").iterdir()} == first_run
+    state = torch.load(next((project / "artifacts/models/structure/runs").glob("*/checkpoints/latest.pt")), weights_only=True)
+    prior = (project / "artifacts/models/stylegan/stylegan2.pt").read_bytes()
+    assert state["params"]["upstream.stylegan.sha256"] == __import__("hashlib").sha256(prior).hexdigest()
+    assert not list((project / "artifacts/models/structure/runs").glob("*/checkpoints/previous.pt"))
+
+
+def test_changed_architecture_trains_in_its_own_run_folder_and_switching_back_resumes(tmp_path, prepared):
     project = project_with_data(tmp_path / "p", prepared, max_steps=4)
     run(project, "train", "pconv")
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["profiles"]["smoke"]["pconv"]["base_width"] = 16
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    (first,) = [p.name for p in (project / "artifacts/models/pconv/runs").iterdir()]
+    set_params(project, "pconv", base_width=16)
     run(project, "train", "pconv")
-    assert len(list((project / "artifacts/models/pconv/runs").iterdir())) == 2
+    assert progress(project, "pconv")["resumed_from_step"] == 0
+    assert [p.name for p in (project / "artifacts/archive/pconv").iterdir()] == [first]
+    set_params(project, "pconv", base_width=8, max_steps=6)
+    run(project, "train", "pconv")
+    assert progress(project, "pconv")["resumed_from_step"] == 4  # the archived run came back
+    assert [p.name for p in (project / "artifacts/models/pconv/runs").iterdir()] == [first]
 
 
 def test_bad_params_fail_with_the_key_path(tmp_path):

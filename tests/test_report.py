@@ -61,6 +61,7 @@ def _model(name: str, level: float, feature_shift: float, twin: bool = False, se
     rows["ssim"] = 0.97 - 0.02 * level + BASE["ssim"] + 0.01 * offset
     rows["lpips"] = 0.05 + 0.02 * level + BASE["lpips"]
     rows["id_sim"] = 0.9 - 0.05 * level + BASE["id_sim"]
+    rows["hole_l1"] = 0.05 + 0.01 * level + 0.1 * rows["hole_fraction"]
     # The twin's features are as close to the originals as the best model's, image for image.
     noise = np.random.default_rng(98 if twin else 99).normal(size=REAL_FEATURES.shape)
     composite = REAL_FEATURES + 0.2 * noise + feature_shift + 0.1 * rng.normal(size=noise.shape) * (level > 0)
@@ -301,3 +302,29 @@ def test_loss_curves_png_draws_every_training_csv(tmp_path):
     assert plot_loss_curves(plots, out) == ["pconv", "stylegan"]
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size == (round(2 * 4.2 * FIGURE_DPI), round(3.2 * FIGURE_DPI))
+
+
+def test_learning_curves_draw_each_inpainter_and_biharmonic_on_the_curve_images(report, tmp_path):
+    from faceinpaint.report import classical_on_curve_subset, load_eval_dir, plot_learning_curves, plot_prior_curve
+
+    root, _, _ = report
+    classical = load_eval_dir(root / "biharmonic", "inpaint_biharmonic")
+    n = 7
+    line = classical_on_curve_subset(classical, n)
+    rows = classical.rows[classical.rows["mask_set"] == "square"].iloc[:n]  # the first n test images
+    assert len(rows) == n and line["psnr"] == pytest.approx(rows["psnr"].mean())
+    keep = np.isin(classical.features["image_id"], rows["image_id"])
+    assert line["fd"] == pytest.approx(frechet_distance(classical.features["real"][keep], classical.features["composite"][keep]))
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    points = pd.DataFrame({"images_seen": [2000, 4000], "step": [250, 500], "psnr": [30.0, 31.0],
+                           "fd_efficientnet_lite0-pool": [9.0, 6.0], "fd_faceapi-resnet29": [0.02, 0.01]})
+    points.to_csv(plots / "curve_pconv.csv", index=False)
+    points.assign(psnr=[29.0, 30.5]).to_csv(plots / "curve_variant1.csv", index=False)
+    pd.DataFrame({"images_seen": [2000], "step": [125], "fd_efficientnet_lite0-pool": [300.0],
+                  "fd_faceapi-resnet29": [0.18], "fd_samples": [600]}).to_csv(plots / "curve_stylegan.csv", index=False)
+    assert plot_learning_curves(plots, tmp_path / "curves.png", classical, n) == ["pconv", "variant1"]
+    assert plot_prior_curve(plots, tmp_path / "prior.png")
+    for name in ("curves.png", "prior.png"):
+        with Image.open(tmp_path / name) as im:
+            assert im.format == "PNG"

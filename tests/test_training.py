@@ -491,3 +491,68 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ---------------------------------------------------------------------------- learning curves
+
+
+class CurvedInpainter(MaskedL1Inpainter):
+    """The fixture with a learning curve: hole L1 of ``net_ema`` on fixed held-out faces, plus a
+    draw from every random generator (which the loop must not let disturb training)."""
+
+    def curve_point(self, modules):
+        torch.rand(3), np.random.rand(), __import__("random").random()
+        images = torch.from_numpy(face_images()[-8:]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+        mask = torch.zeros_like(images[:, :1])
+        mask[..., 8:24, 8:24] = 1
+        out = modules["net_ema"](torch.cat([images * (1 - mask), mask], 1))
+        return {"hole_l1": float(((out - images).abs() * mask).sum() / (mask.sum() * 3))}
+
+
+def curve_records(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "curve.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "curve_s"} for line in lines]
+
+
+def test_curve_budgets_double_from_the_first():
+    from faceinpaint.training import curve_budgets
+
+    assert curve_budgets(2000, 20000) == [2000, 4000, 8000, 16000]
+    assert curve_budgets(0, 10**6) == []
+
+
+def test_curve_points_leave_training_unchanged_and_land_at_each_doubling(reference, tmp_path):
+    run_fixture(tmp_path, recipe=CurvedInpainter(), curve_first=16)
+    a = ckpt.read_checkpoint(reference / "checkpoints" / "latest.pt")
+    b = ckpt.read_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    a.pop("elapsed_s"), b.pop("elapsed_s")
+    assert_identical(a, b)  # the curve's random draws and eval passes did not touch training
+    records = curve_records(tmp_path)
+    assert [(r["step"], r["images_seen"]) for r in records] == [(2, 16), (4, 32), (8, 64), (16, 128)]
+    # a point on the last step holds the value of the saved EMA weights, computed afresh
+    run_fixture(tmp_path / "longer", steps=32, recipe=CurvedInpainter(), curve_first=256)
+    with torch.no_grad():
+        expected = CurvedInpainter().curve_point({"net_ema": _ema_of(tmp_path / "longer")})["hole_l1"]
+    assert curve_records(tmp_path / "longer") == [{"step": 32, "images_seen": 256, "hole_l1": expected}]
+
+
+def _ema_of(run_dir: Path) -> nn.Module:
+    state = ckpt.read_checkpoint(run_dir / "checkpoints" / "latest.pt")
+    net = make_ema(MaskedL1Inpainter().build(torch.device("cpu"))["net"])
+    net.load_state_dict(state["modules"]["net_ema"])
+    return net
+
+
+def test_extended_run_has_the_curve_of_an_uninterrupted_one(tmp_path):
+    run_fixture(tmp_path / "whole", recipe=CurvedInpainter(), curve_first=16)
+    run_fixture(tmp_path / "grown", steps=7, recipe=CurvedInpainter(), curve_first=16)
+    run_fixture(tmp_path / "grown", recipe=CurvedInpainter(), curve_first=16)
+    assert curve_records(tmp_path / "grown") == curve_records(tmp_path / "whole")
+
+
+def test_log_line_shows_progress_against_the_budget_and_an_eta(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="faceinpaint.training"):
+        run_fixture(tmp_path, steps=6)
+    lines = [r.getMessage() for r in caplog.records if " step " in r.getMessage() and "img/s" in r.getMessage()]
+    assert lines and all("/6 |" in line and "ETA " in line for line in lines)
+    assert lines[-1].split("ETA ")[1].startswith("0:00:00")  # nothing left at the last step

@@ -104,6 +104,7 @@ def report(params: str, profile: str | None, eval_root: str, out: str, plots: st
 
     cfg = _config(params, profile)
     written = build_report(eval_root, out, n_bootstrap=cfg.evaluate.bootstrap, n_bootstrap_fd=cfg.evaluate.bootstrap_fd, seed=cfg.seed,
+                           curve_images=cfg.evaluate.curve_images,
                            plots_dir=plots)
     click.echo("wrote " + ", ".join(sorted(str(p) for p in written.values())))
 
@@ -148,7 +149,7 @@ def ui(host: str, port: int, allow_remote: bool) -> None:
 @click.argument("current", type=click.Path())
 @click.argument("baseline", type=click.Path())
 def check_metrics(current: str, baseline: str) -> None:
-    """Fail (exit 1) when a metric in CURRENT regressed past BASELINE's tolerance."""
+    """Fail (exit 1) when a metric of CURRENT differs from BASELINE (exact, see faceinpaint.regression)."""
     from .regression import check
 
     try:
@@ -157,7 +158,7 @@ def check_metrics(current: str, baseline: str) -> None:
         raise click.ClickException(str(err)) from None
     click.echo(table)
     if not passed:
-        raise click.ClickException("metrics regressed (see the table above)")
+        raise click.ClickException(f"metrics differ from {baseline} (see the table above); if the change is deliberate, regenerate it with scripts/smoke_baseline.py")
 
 
 def main() -> None:

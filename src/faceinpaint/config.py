@@ -169,6 +169,8 @@ class StyleGANParams(TrainBudget):
     mixing: float = Field(default=0.9, ge=0, le=1)
     ema_kimg: float = Field(default=10.0, gt=0)
     """EMA half-life in thousands of images (Karras et al.)."""
+    curve_samples: int = Field(default=600, ge=2)
+    """Samples (and test faces) per learning-curve point (FD on both backbones)."""
 
 
 class StructureParams(TrainBudget):
@@ -191,8 +193,9 @@ class PConvParams(TrainBudget):
     base_width: int = Field(default=64, ge=4)
     lr: float = Field(default=2e-4, gt=0)
     finetune_lr: float = Field(default=5e-5, gt=0)
-    finetune_fraction: float = Field(default=0.25, ge=0, le=1)
-    """Share of the step budget spent in the fine-tuning phase (frozen encoder BN)."""
+    finetune_from_step: int = Field(default=375_000, ge=0)
+    """Step at which the fine-tuning phase (frozen encoder BN, ``finetune_lr``) starts. Absolute,
+    so that extending ``max_steps`` continues the same run instead of moving the phase."""
 
 
 class RFRParams(TrainBudget):
@@ -200,7 +203,7 @@ class RFRParams(TrainBudget):
     recurrences: int = Field(default=6, ge=1)
     lr: float = Field(default=2e-4, gt=0)
     finetune_lr: float = Field(default=5e-5, gt=0)
-    finetune_fraction: float = Field(default=0.25, ge=0, le=1)
+    finetune_from_step: int = Field(default=375_000, ge=0)
 
 
 class EvaluateParams(_Strict):
@@ -210,6 +213,8 @@ class EvaluateParams(_Strict):
     figure_images: int = Field(default=6, ge=1)
     bootstrap: int = Field(default=2000, ge=100)
     """Paired-bootstrap resamples of per-image metrics (claims C1-C3)."""
+    curve_images: int = Field(default=200, ge=0)
+    """Test images (with their squares) per learning-curve point of an inpainter; 0: no curve."""
     bootstrap_fd: int = Field(default=1000, ge=10)
     """Resamples for the Frechet distance, which recomputes FD on each (costlier)."""
 
@@ -267,14 +272,11 @@ class Config:
         """pSp/StyleGAN2 style count n = 2 log2(res) - 2 (PAPER.md sec. 2)."""
         return 2 * int(math.log2(self.resolution)) - 2
 
-    def stage_params(self, section: str) -> dict[str, Any]:
-        """What one training stage depends on, flattened: the common sections and the profile's
-        resolution and ``section`` block (so changing another model's params never blocks
-        resuming this one's checkpoint)."""
+    def params_under(self, paths) -> dict[str, Any]:
+        """The flattened keys (``a.b.c``, profile keys without ``profiles.<name>.``) that lie at
+        or under any of ``paths``, e.g. ``("seed", "stylegan", "losses.structure")``."""
         flat = self.as_flat_dict()
-        own = {"resolution", *(k for k in flat if k.startswith((section + ".", f"losses.{section}.")))}
-        common = {k for k in flat if k.split(".", 1)[0] in type(self.params).model_fields and not k.startswith("losses.")}
-        return {k: v for k, v in flat.items() if k in own or k in common or k == "profile"}
+        return {k: v for k, v in flat.items() if any(k == p or k.startswith(p + ".") for p in paths)}
 
     def as_flat_dict(self) -> dict[str, Any]:
         """Active configuration flattened to ``a.b.c`` keys (for MLflow params)."""

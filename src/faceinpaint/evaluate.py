@@ -59,6 +59,31 @@ def metric_networks(cfg: Config, device="cpu"):
     return lpips, identity, fid
 
 
+class CurveEvaluator:
+    """Learning-curve points of an inpainter during training: the evaluation's own metric code
+    (:class:`~faceinpaint.metrics.MetricSuite`) on the first ``n`` test images with their square
+    masks (image ``i``: square ``i % 10``). ``__call__(inpaint) -> {metric: value}``."""
+
+    def __init__(self, cfg: Config, n: int, device="cpu"):
+        self.cfg, self.device = cfg, torch.device(device)
+        self.networks = metric_networks(cfg, self.device)
+        prepared = PreparedData(PREPARED_DIR)
+        self.squares = EvaluationDataset.squares(prepared.images("test"), prepared.square_masks(), n)
+
+    @torch.no_grad()
+    def __call__(self, inpaint) -> dict:
+        from .metrics import MetricSuite
+
+        suite = MetricSuite(*self.networks)
+        for batch in DataLoader(self.squares, batch_size=self.cfg.evaluate.batch_size, shuffle=False):
+            image, mask = batch["image"].to(self.device), batch["mask"].to(self.device)
+            out = inpaint(image * (1 - mask), mask)
+            suite.update(image, out["composite"], mask, [str(int(i)) for i in batch["index"]],
+                         [int(m) for m in batch["mask_id"]], "square")
+        summary = suite.summary("square")
+        return {k: v for k, v in summary.items() if isinstance(v, float)}
+
+
 @torch.no_grad()
 def evaluate_model(cfg: Config, name: str, out_dir: Path | None = None, prepared: PreparedData | None = None,
                    device="cpu") -> dict:

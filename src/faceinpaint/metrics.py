@@ -45,7 +45,11 @@ AREA_BIN_LABELS: tuple[str, ...] = tuple(
 AREA_BIN_OVERFLOW = ">60%"
 
 MASK_SETS = ("square", "irregular")
-ROW_COLUMNS = ("image_id", "mask_set", "mask_id", "area_bin", "hole_fraction", "psnr", "ssim", "lpips", "id_sim")
+ROW_COLUMNS = ("image_id", "mask_set", "mask_id", "area_bin", "hole_fraction", "psnr", "ssim", "lpips", "id_sim", "hole_l1")
+# Frechet distance on the face-recognition network's 128-d unit embeddings (face crop of the ID
+# metric): a face-specific FD next to the ImageNet-backbone one. Ours and Variant 2 train with an
+# ID loss on this network, so for them it is not an independent judge.
+FACE_FD_BACKBONE = "faceapi-resnet29"
 
 # Direction of every reported metric; bootstrap differences are read through it.
 HIGHER_IS_BETTER: dict[str, bool] = {"psnr": True, "ssim": True, "lpips": False, "id_sim": True, "fd": False}
@@ -298,7 +302,8 @@ class MetricSuite:
         # faceinpaint.pretrained.IdentityEmbedder carries no name: it always wraps face-api's net.
         self.backbones = {"fd": fid_extractor.name, "lpips": lpips_net.name, "id": getattr(id_embedder, "name", IDENTITY_NETWORK)}
         self._rows: list[dict] = []
-        self._features: dict[str, dict[str, list]] = defaultdict(lambda: {"image_id": [], "composite": [], "real": []})
+        self._features: dict[str, dict[str, list]] = defaultdict(
+            lambda: {"image_id": [], "composite": [], "real": [], "id_composite": [], "id_real": []})
 
     @torch.no_grad()
     def update(
@@ -317,8 +322,12 @@ class MetricSuite:
             raise ValueError("original, composite, mask, image_ids and mask_ids must have the same length")
         psnr_values, ssim_values = psnr(composite, original), ssim(composite, original)
         lpips_values = self.lpips_net(composite, original).reshape(-1).double().cpu().numpy()
-        id_values = F.cosine_similarity(self.id_embedder(composite), self.id_embedder(original), dim=1).double().cpu().numpy()
+        id_composite, id_original = self.id_embedder(composite), self.id_embedder(original)
+        id_values = F.cosine_similarity(id_composite, id_original, dim=1).double().cpu().numpy()
         hole_fractions = mask.reshape(mask.shape[0], -1).double().mean(dim=1).cpu().numpy()
+        # mean absolute error inside the hole, on the [0, 1] scale, over the hole's pixels and channels
+        hole_err = ((composite.double() - original.double()).abs() / 2 * mask).flatten(1).sum(1)
+        hole_l1 = (hole_err / (mask.double().flatten(1).sum(1) * composite.shape[1]).clamp_min(1)).cpu().numpy()
         for i, (image_id, mask_id) in enumerate(zip(image_ids, mask_ids)):
             self._rows.append(
                 {
@@ -331,12 +340,15 @@ class MetricSuite:
                     "ssim": float(ssim_values[i]),
                     "lpips": float(lpips_values[i]),
                     "id_sim": float(id_values[i]),
+                    "hole_l1": float(hole_l1[i]),
                 }
             )
         store = self._features[mask_set]
         store["image_id"].extend(str(i) for i in image_ids)
         store["composite"].append(self.fid_extractor(composite).double().cpu().numpy())
         store["real"].append(self.fid_extractor(original).double().cpu().numpy())
+        store["id_composite"].append(id_composite.double().cpu().numpy())
+        store["id_real"].append(id_original.double().cpu().numpy())
 
     def rows(self) -> pd.DataFrame:
         """Per-image rows, columns :data:`ROW_COLUMNS`, in evaluation order."""
@@ -353,6 +365,12 @@ class MetricSuite:
             "real": np.concatenate(store["real"]).astype(np.float32),
         }
 
+    def face_features(self, mask_set: str = "square") -> dict[str, np.ndarray]:
+        """Identity embeddings (N x 128, float64) of the composites and originals of one mask set."""
+        self.features(mask_set)  # the same check
+        store = self._features[mask_set]
+        return {"composite": np.concatenate(store["id_composite"]), "real": np.concatenate(store["id_real"])}
+
     def summary(self, mask_set: str = "square") -> dict:
         """Means of the per-image metrics and the Frechet distance of one mask set.
 
@@ -361,7 +379,7 @@ class MetricSuite:
         """
         rows = self.rows()
         rows = rows[rows["mask_set"] == mask_set]
-        feats = self.features(mask_set)
+        feats, face = self.features(mask_set), self.face_features(mask_set)
         return {
             "mask_set": mask_set,
             "n_images": int(len(rows)),
@@ -370,6 +388,8 @@ class MetricSuite:
             metric_key("lpips", self.backbones["lpips"]): float(rows["lpips"].mean()),
             "id_sim": float(rows["id_sim"].mean()),
             metric_key("fd", self.backbones["fd"]): frechet_distance(feats["real"], feats["composite"]),
+            metric_key("fd", FACE_FD_BACKBONE): frechet_distance(face["real"], face["composite"]),
+            "hole_l1": float(rows["hole_l1"].mean()),
             "backbones": dict(self.backbones),
             "psnr_settings": dict(PSNR_SETTINGS),
             "ssim_settings": dict(SSIM_SETTINGS),

@@ -45,6 +45,37 @@ def damaged(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     return image, mask, image * (1 - mask)
 
 
+class InpainterRecipe(Recipe):
+    """A recipe whose model inpaints: its learning-curve points are the evaluation's metrics on
+    the first ``evaluate.curve_images`` test images with their squares
+    (:class:`faceinpaint.evaluate.CurveEvaluator`), with the model in eval mode."""
+
+    cfg: Config
+    _curve = None
+
+    def inference(self, modules: Mapping[str, nn.Module]) -> tuple[Callable, list[nn.Module]]:
+        """``(f(image_damaged, mask) -> dict with "composite", modules to put in eval mode)``."""
+        raise NotImplementedError
+
+    def curve_point(self, modules):
+        n = self.cfg.evaluate.curve_images
+        if n == 0:
+            return None
+        inpaint, nets = self.inference(modules)
+        if self._curve is None:
+            from .evaluate import CurveEvaluator
+
+            self._curve = CurveEvaluator(self.cfg, n, next(nets[0].parameters()).device)
+        modes = [m.training for m in nets]
+        for m in nets:
+            m.eval()
+        try:
+            return self._curve(inpaint)
+        finally:
+            for m, mode in zip(nets, modes):
+                m.train(mode)
+
+
 # ------------------------------------------------------------------------------- stylegan
 
 
@@ -59,6 +90,7 @@ class StyleGANRecipe(Recipe):
         self.cfg, self.p = cfg, cfg.stylegan
         self.ema = {"G_ema": EmaSpec("G", half_life_images=self.p.ema_kimg * 1000, rampup_ratio=0.05)}
         self.mean_path_length = 0.0
+        self._quality = None
 
     def build(self, device):
         from .stylegan2 import Discriminator, Generator
@@ -130,6 +162,14 @@ class StyleGANRecipe(Recipe):
         z = torch.randn(len(batch["image"]), self.p.style_dim, generator=g).to(batch["image"].device)
         return [batch["image"], modules["G_ema"]([z], randomize_noise=False)[0]]
 
+    def curve_point(self, modules):
+        """Both FDs of ``G_ema``'s samples against the first ``curve_samples`` test faces."""
+        if self._quality is None:
+            from .prior_quality import PriorQuality
+
+            self._quality = PriorQuality(self.cfg, self.p.curve_samples, next(modules["G_ema"].parameters()).device)
+        return self._quality.check(modules["G_ema"])[0]
+
     def state_dict(self):
         return {"mean_path_length": float(self.mean_path_length)}
 
@@ -176,7 +216,7 @@ def load_prior(cfg: Config, device) -> tuple[nn.Module, torch.Tensor]:
 # ------------------------------------------------------------------------------ texture
 
 
-class TextureRecipe(Recipe):
+class TextureRecipe(InpainterRecipe):
     """Texture generator with WGAN-GP (PAPER.md sec. 3-4): full model, variant 1, variant 2.
 
     Critic: ``mean D(fake) - mean D(real) + 10 GP``; generator: ``10 perceptual + adversarial +
@@ -218,6 +258,9 @@ class TextureRecipe(Recipe):
 
     def generate(self, modules, image_damaged, mask):
         return texture_forward(modules["G"], modules.get("structure"), image_damaged, mask)
+
+    def inference(self, modules):
+        return (lambda x, m: self.generate(modules, x, m)), [modules["G"]]
 
     def train_step(self, modules, optimizers, batch, step):
         from .texture import texture_generator_loss, wgan_critic_loss
@@ -273,7 +316,7 @@ def texture_forward(G: nn.Module, structure: nn.Module | None, image_damaged, ma
 # ---------------------------------------------------------------------------- structure
 
 
-class StructureRecipe(Recipe):
+class StructureRecipe(InpainterRecipe):
     """pSp structure reconstructor (PAPER.md sec. 2): encoder trained, StyleGAN2 prior frozen.
 
     L_S = L2 + 0.8 LPIPS + 0.1 ID + 6 hole + 1 valid (``losses.structure``); Adam with
@@ -315,6 +358,9 @@ class StructureRecipe(Recipe):
         codes = modules["encoder"](torch.cat([image_damaged, mask], dim=1)) + recon.latent_avg
         output = recon.synthesise(codes, image_damaged.shape[-1])
         return {"output": output, "composite": mask * output + (1 - mask) * image_damaged}
+
+    def inference(self, modules):
+        return (lambda x, m: self.forward(modules, x, m)), [modules["reconstructor"]]
 
     def train_step(self, modules, optimizers, batch, step):
         from .psp import structure_loss

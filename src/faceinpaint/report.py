@@ -84,12 +84,14 @@ from .metrics import (
     AREA_BIN_LABELS,
     AREA_BIN_OVERFLOW,
     DOES_NOT_HOLD,
+    FACE_FD_BACKBONE,
     HIGHER_IS_BETTER,
     HOLDS,
     INCONCLUSIVE,
     MASK_SETS,
     ROW_COLUMNS,
     fd_bootstrap_distribution,
+    frechet_distance,
     metric_key,
     paired_bootstrap,
     percentile_interval,
@@ -763,6 +765,90 @@ def plot_loss_curves(plots_dir: str | Path, path: Path) -> list[str]:
     return [m for m, _ in frames]
 
 
+CURVE_PANELS = ("psnr", "ssim", "lpips", "hole_l1", "fd", "fd_faceapi-resnet29")
+
+
+def _curve_column(df: pd.DataFrame, panel: str) -> str | None:
+    """The CSV column of a panel: ``lpips`` / ``fd`` match their backbone-named key."""
+    if panel in df.columns:
+        return panel
+    prefix = {"lpips": "lpips_", "fd": "fd_"}.get(panel)
+    matches = [c for c in df.columns if prefix and c.startswith(prefix) and c != "fd_faceapi-resnet29"]
+    return matches[0] if matches else None
+
+
+def classical_on_curve_subset(result: EvalResult | None, n: int) -> dict[str, float]:
+    """``inpaint_biharmonic``'s metrics on the learning curves' images: the first ``n`` test
+    images with their squares (from its per-image rows and FD features)."""
+    if result is None:
+        return {}
+    rows = result.rows[result.rows["mask_set"] == "square"].head(n)  # evaluation order: test image 0, 1, ...
+    out = {m: float(rows[m].mean()) for m in ("psnr", "ssim", "lpips", "hole_l1") if m in rows}
+    ids, real, fake = result.sorted_features()
+    keep = np.isin(ids, rows["image_id"].to_numpy())
+    if keep.sum() >= 2:
+        out["fd"] = frechet_distance(real[keep], fake[keep])
+    return out
+
+
+def plot_learning_curves(plots_dir: str | Path, path: Path, classical: EvalResult | None, n_images: int) -> list[str]:
+    """One panel per metric: every inpainter's learning curve (``curve_<model>.csv``: metric on
+    the first ``n_images`` test images against images shown, log x), ``inpaint_biharmonic`` on
+    the same images as a horizontal line. Returns the models drawn."""
+    frames = [(f.stem[len("curve_"):], pd.read_csv(f)) for f in sorted(Path(plots_dir).glob("curve_*.csv"))]
+    frames = [(m, df) for m, df in frames if m != "stylegan" and len(df)]
+    line = classical_on_curve_subset(classical, n_images)
+    fig = Figure(figsize=(12.6, 6.4), dpi=FIGURE_DPI)
+    FigureCanvasAgg(fig)
+    for i, panel in enumerate(CURVE_PANELS):
+        ax = fig.add_subplot(2, 3, i + 1)
+        label = panel
+        for model, df in frames:
+            col = _curve_column(df, panel)
+            if col is not None:
+                ax.plot(df["images_seen"], df[col], marker="o", markersize=3, linewidth=1.2, label=model)
+                label = col
+        if panel in line:
+            ax.axhline(line[panel], color="black", linestyle="--", linewidth=1, label=CLASSICAL)
+        ax.set_xscale("log")
+        ax.set_title(f"{label} (first {n_images} test images, squares)", fontsize=8)
+        ax.set_xlabel("images shown")
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=7)
+    if not frames:
+        fig.text(0.5, 0.5, "no learning-curve points yet", ha="center", va="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=FIGURE_DPI)
+    return [m for m, _ in frames]
+
+
+def plot_prior_curve(plots_dir: str | Path, path: Path) -> bool:
+    """The prior's two Frechet distances against images shown (``curve_stylegan.csv``)."""
+    csv_path = Path(plots_dir) / "curve_stylegan.csv"
+    df = pd.read_csv(csv_path) if csv_path.is_file() else pd.DataFrame()
+    fig = Figure(figsize=(6.4, 3.6), dpi=FIGURE_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    if len(df):
+        fid_col = _curve_column(df, "fd")
+        ax.plot(df["images_seen"], df[fid_col], marker="o", color="tab:blue", label=fid_col)
+        ax.set_ylabel(fid_col, color="tab:blue", fontsize=8)
+        twin = ax.twinx()
+        twin.plot(df["images_seen"], df["fd_faceapi-resnet29"], marker="s", color="tab:red", label="fd_faceapi-resnet29")
+        twin.set_ylabel("fd_faceapi-resnet29", color="tab:red", fontsize=8)
+        n = int(df["fd_samples"].iloc[-1]) if "fd_samples" in df else None
+        ax.set_title(f"StyleGAN2 prior: FD of {n} samples to {n} test faces", fontsize=9)
+    else:
+        ax.text(0.5, 0.5, "no prior curve yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xscale("log")
+    ax.set_xlabel("images shown")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=FIGURE_DPI)
+    return bool(len(df))
+
+
 # ------------------------------------------------------------------------------------ report
 
 
@@ -777,6 +863,9 @@ def metrics_document(results: dict[str, EvalResult | None]) -> dict[str, float]:
             flat[f"{r.name}.{metric}"] = r.value(metric)
         for metric in ("fd", "lpips"):
             flat[f"{r.name}.{metric_key(metric, r.summary['backbones'][metric])}"] = r.value(metric)
+        for key in ("hole_l1", metric_key("fd", FACE_FD_BACKBONE)):
+            if key in r.summary:
+                flat[f"{r.name}.{key}"] = float(r.summary[key])
     return flat
 
 
@@ -789,6 +878,7 @@ def build_report(
     n_bootstrap_fd: int = 1000,
     seed: int = 0,
     plots_dir: str | Path | None = None,
+    curve_images: int = 200,
 ) -> dict[str, Path]:
     """The ``report`` stage. ``models`` maps display names (those of :data:`TABLES`, the
     classical :data:`CLASSICAL`, or others, which appear in the irregular table and metrics)
@@ -834,7 +924,10 @@ def build_report(
 
     if plots_dir is not None:
         plot_loss_curves(plots_dir, out_dir / "loss_curves.png")
-        written["loss_curves.png"] = out_dir / "loss_curves.png"
+        plot_learning_curves(plots_dir, out_dir / "learning_curves.png", results.get(CLASSICAL), curve_images)
+        plot_prior_curve(plots_dir, out_dir / "prior_curve.png")
+        for name in ("loss_curves.png", "learning_curves.png", "prior_curve.png"):
+            written[name] = out_dir / name
 
     (out_dir / "metrics.json").write_text(json.dumps(metrics_document(results), indent=2, sort_keys=True) + "\n")
     written["metrics.json"] = out_dir / "metrics.json"

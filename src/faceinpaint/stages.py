@@ -5,23 +5,31 @@ inference file (``artifacts/models/<model>/model.pt``; ``stylegan2.pt`` for the 
 rosinality's layout), ``reports/metrics/train_<model>.json`` (how far it got) and
 ``reports/plots/train_<model>.csv`` (loss curves for ``dvc plots``).
 
-Each distinct set of params trains in its own folder ``artifacts/models/<model>/runs/<id>/``
-(``id`` = :func:`faceinpaint.training.run_digest`, which ignores budget keys): switching
-profile or an architecture param starts a fresh run without touching the others, switching
-back resumes the old one, and raising a budget continues the same run.
+A run's identity (:func:`run_identity`) is everything that changes its result: the params the
+stage reads (:data:`READS`) and those of its upstream stages, plus the sha256 of the training
+images and of every upstream model file it loads. Budget and cadence keys are not part of it
+(:func:`faceinpaint.training.run_digest`), so raising a budget continues the run, while a
+retrained prior gives the structure stage (and the texture stages after it) a new identity and
+a fresh run. Each identity trains in ``artifacts/models/<model>/runs/<id>/``; only the current
+run stays inside the DVC output, others wait in ``artifacts/archive/<model>/`` (outside every
+output, so the model store never carries them) and come back when their identity is current
+again.
 """
 
 from __future__ import annotations
 
 import csv
-import shutil
+import hashlib
 import json
+import shutil
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .checkpoint import PREVIOUS
+from .training import CURVE_FILE
 from .config import Config
 from .data import PREPARED_DIR, PreparedData, to_uint8_image, training_dataset
 from .recipes import MODELS_DIR, export_model, make_recipe
@@ -31,8 +39,96 @@ METRICS_DIR = Path("reports/metrics")
 PLOTS_DIR = Path("reports/plots")
 
 
+ARCHIVE_DIR = Path("artifacts/archive")
+
+# What each training stage reads from params.yaml: dotted paths into the resolved config (profile
+# keys without their ``profiles.<profile>.`` prefix). dvc.yaml declares exactly these for each
+# stage, together with those of its upstream stages (tests/test_pipeline.py checks both).
+_COMMON = ("seed", "profile", "data")
+READS: dict[str, tuple[str, ...]] = {
+    "stylegan": (*_COMMON, "resolution", "stylegan"),
+    "structure": (*_COMMON, "masks", "resolution", "structure", "losses.structure", "learning_rates", "backbones"),
+    **{m: (*_COMMON, "masks", "resolution", "texture", "losses.texture", "learning_rates", "backbones")
+       for m in ("full", "variant1", "variant2")},
+    **{m: (*_COMMON, "masks", "resolution", m, f"losses.{m}", "backbones") for m in ("pconv", "rfr")},
+}
+# The trained models a stage loads (and so depends on).
+UPSTREAM: dict[str, tuple[str, ...]] = {"stylegan": (), "structure": ("stylegan",), "full": ("structure",),
+                                        "variant1": (), "variant2": ("structure",), "pconv": (), "rfr": ()}
+
+
 def _section_name(name: str) -> str:
     return "texture" if name in ("full", "variant1", "variant2") else name
+
+
+def upstream_chain(name: str) -> list[str]:
+    """Every model ``name`` depends on, nearest first (``full`` -> structure, stylegan)."""
+    out: list[str] = []
+    for up in UPSTREAM[name]:
+        out += [up, *(m for m in upstream_chain(up) if m not in out)]
+    return out
+
+
+def stage_reads(name: str) -> tuple[str, ...]:
+    """The params paths a stage's result depends on: its own and its upstream stages'."""
+    paths: list[str] = []
+    for m in (name, *upstream_chain(name)):
+        paths += [p for p in READS[m] if p not in paths]
+    return tuple(paths)
+
+
+def upstream_files(cfg: Config, name: str) -> dict[str, Path]:
+    """The files whose content a run of ``name`` learns from: the training images and the
+    upstream model files it loads."""
+    from .recipes import MODEL_FILE, stylegan_checkpoint_path
+
+    files = {"train_images": PREPARED_DIR / "train_images.npy"}
+    for up in UPSTREAM[name]:
+        files[up] = stylegan_checkpoint_path(cfg) if up == "stylegan" else MODELS_DIR / up / MODEL_FILE
+    return files
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_identity(cfg: Config, name: str) -> dict:
+    """Flat params that identify a run of ``name`` (logged to MLflow and stored in its
+    checkpoints): what it and its upstream stages read, and ``upstream.<x>.sha256`` of each file
+    of :func:`upstream_files`. Raises :class:`~faceinpaint.recipes.ModelMissingError` naming an
+    upstream file that does not exist."""
+    from .recipes import ModelMissingError
+
+    params = cfg.params_under(stage_reads(name))
+    for key, path in upstream_files(cfg, name).items():
+        if not path.is_file():
+            raise ModelMissingError(f"{path}: needed by {name!r} and missing (run `dvc repro` up to {name!r})")
+        params[f"upstream.{key}.sha256"] = file_sha256(path)
+    return params
+
+
+def _only_current_run(model_dir: Path, name: str, run_id: str) -> Path:
+    """Move every other run of ``name`` out of the DVC output into the archive, and the current
+    one back from there if it was archived; returns the current run's folder."""
+    runs, archive = model_dir / "runs", ARCHIVE_DIR / name
+    runs.mkdir(parents=True, exist_ok=True)
+    for other in runs.iterdir():
+        if other.name != run_id:
+            archive.mkdir(parents=True, exist_ok=True)
+            target = archive / other.name
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.move(str(other), target)
+            log.info("%s: run %s is not current; moved it to %s", name, other.name, target)
+    current = runs / run_id
+    if not current.exists() and (archive / run_id).exists():
+        shutil.move(str(archive / run_id), current)
+        log.info("%s: run %s is current again; restored it from %s", name, run_id, archive)
+    return current
 
 
 def _section(cfg: Config, name: str):
@@ -63,16 +159,29 @@ def write_loss_plot(stats_path: Path, plot_path: Path) -> None:
             w.writerow([r["step"], *(r.get(k, "") for k in keys)])
 
 
+def write_curve_plot(curve_path: Path, plot_path: Path) -> None:
+    """``curve.jsonl`` -> a CSV (``images_seen``, ``step``, one column per metric) for ``dvc plots``
+    and the report's learning-curve figures; written (header only) before the first point too."""
+    records = [json.loads(line) for line in curve_path.read_text().splitlines() if line.strip()] if curve_path.is_file() else []
+    keys = sorted({k for r in records for k in r if k not in ("step", "images_seen", "curve_s")})
+    plot_path.parent.mkdir(parents=True, exist_ok=True)
+    with plot_path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["images_seen", "step", *keys])
+        for r in records:
+            w.writerow([r["images_seen"], r["step"], *(r.get(k, "") for k in keys)])
+
+
 def train_stage(cfg: Config, name: str, device="cpu") -> dict:
     from .training import train
 
     from .training import run_digest
 
+    params = run_identity(cfg, name)
     recipe = make_recipe(cfg, name)
     p = _section(cfg, name)
-    params = cfg.stage_params(_section_name(name))
     model_dir = MODELS_DIR / name
-    out_dir = model_dir / "runs" / run_digest(params)[:12]
+    out_dir = _only_current_run(model_dir, name, run_digest(params)[:12])
     result = train(
         recipe, training_dataset(cfg), out_dir,
         batch_size=p.batch_size, max_steps=p.max_steps, max_minutes=p.max_minutes, seed=cfg.seed,
@@ -81,6 +190,8 @@ def train_stage(cfg: Config, name: str, device="cpu") -> dict:
         device=device,
     )
     modules = trained_modules(recipe, out_dir, device)
+    # the newest checkpoint just loaded and verified: the older one would only double the store
+    (out_dir / "checkpoints" / PREVIOUS).unlink(missing_ok=True)
     export_model(cfg, recipe, modules, model_dir)
     shutil.copyfile(out_dir / "progress.json", model_dir / "progress.json")
     metrics = {
@@ -90,42 +201,28 @@ def train_stage(cfg: Config, name: str, device="cpu") -> dict:
         "final_losses": {k: round(float(v), 6) for k, v in result.losses.items()},
     }
     if name == "stylegan":
-        metrics.update(prior_quality(cfg, modules["G_ema"], recipe.p.style_dim, device, cfg.evaluate.max_test_images))
+        metrics.update(prior_quality(cfg, modules["G_ema"], device, cfg.evaluate.max_test_images))
     METRICS_DIR.mkdir(parents=True, exist_ok=True)
     (METRICS_DIR / f"train_{name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_loss_plot(out_dir / "stats.jsonl", PLOTS_DIR / f"train_{name}.csv")
+    write_curve_plot(out_dir / CURVE_FILE, PLOTS_DIR / f"curve_{name}.csv")
     return metrics
 
 
 @torch.no_grad()
-def prior_quality(cfg: Config, g_ema, style_dim: int, device="cpu", n_samples: int | None = None) -> dict:
-    """Frechet distance of the prior's samples to the test images (named backbone) and a sample
-    grid at ``reports/stylegan_samples.png``."""
+def prior_quality(cfg: Config, g_ema, device="cpu", n_samples: int | None = None) -> dict:
+    """Frechet distances of the prior's samples to the test images on both backbones
+    (:mod:`faceinpaint.prior_quality`) and a sample grid at ``reports/stylegan_samples.png``."""
     from PIL import Image
 
-    from .metrics import frechet_distance, metric_key
-    from .pretrained import fid_feature_extractor
+    from .prior_quality import PriorQuality
 
-    test = PreparedData(PREPARED_DIR).images("test")
-    n = min(len(test), n_samples or len(test))
-    fid = fid_feature_extractor(cfg.backbones.fid).to(device)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    real_feats, fake_feats, grid = [], [], []
-    g_ema.eval()
-    for start in range(0, n, 64):
-        k = min(64, n - start)
-        real = torch.from_numpy(np.asarray(test[start:start + k])).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
-        z = torch.randn(k, style_dim, generator=gen).to(device)
-        fake = g_ema([z], randomize_noise=False)[0].clamp(-1, 1)
-        real_feats.append(fid(real).double().cpu().numpy())
-        fake_feats.append(fid(fake).double().cpu().numpy())
-        if not grid:
-            grid = list(to_uint8_image(fake[:32]))
-    fd = frechet_distance(np.concatenate(real_feats), np.concatenate(fake_feats))
-    rows = [np.concatenate(grid[i:i + 8], 1) for i in range(0, min(len(grid), 32) // 8 * 8, 8)]
+    values, samples = PriorQuality(cfg, n_samples, device).check(g_ema)
+    grid = list(to_uint8_image(samples))
+    rows = [np.concatenate(grid[i:i + 8], 1) for i in range(0, len(grid) // 8 * 8, 8)]
     Path("reports").mkdir(exist_ok=True)
     Image.fromarray(np.concatenate(rows, 0)).save("reports/stylegan_samples.png")
-    return {metric_key("fd", fid.name): round(float(fd), 4), "fd_samples": n}
+    return values
 
 
 @torch.no_grad()

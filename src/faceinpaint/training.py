@@ -77,6 +77,7 @@ log = logging.getLogger(__name__)
 STATS_FILE = "stats.jsonl"
 TIMING_FILE = "timing.jsonl"
 PROGRESS_FILE = "progress.json"
+CURVE_FILE = "curve.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
 _RESERVED_STATS_KEYS = {"step", "images_seen", "epoch", "end_of_run"}
@@ -155,6 +156,13 @@ class Recipe(ABC):
         them (panels, e.g. damaged / output / original; one grid row per example). Runs under
         ``no_grad`` on rank 0 only, with unwrapped modules; its use of random numbers does not
         disturb training. ``None`` (the default) means no samples."""
+        return None
+
+    def curve_point(self, modules: Mapping[str, nn.Module]) -> Mapping[str, float] | None:
+        """Quality of the model now, on a fixed held-out set, for its learning curve: called when
+        the images shown first reach each budget of :func:`curve_budgets` (rank 0, ``no_grad``,
+        unwrapped modules, random state preserved, so it does not change training). ``None``
+        (the default) means no curve."""
         return None
 
     def state_dict(self) -> dict[str, Any]:
@@ -426,7 +434,8 @@ def _plain(params: Mapping[str, Any] | None) -> dict[str, Any]:
 # Keys (last dotted component) that set how long or how visibly a run goes, not what it learns:
 # they may change between resumptions (a longer budget continues the run).
 _BUDGET_KEYS = frozenset({"max_steps", "max_images", "max_minutes", "log_every", "checkpoint_every",
-                          "checkpoint_minutes", "sample_every", "sample_count", "num_workers"})
+                          "checkpoint_minutes", "sample_every", "sample_count", "num_workers",
+                          "curve_samples"})
 
 
 def _run_identity(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -442,6 +451,15 @@ def run_digest(params: Mapping[str, Any] | None) -> str:
     """Identity of a run: the digest of its params without budget/cadence keys. Two param sets
     with the same digest can resume each other's checkpoints."""
     return _params_digest(_plain(params))
+
+
+def curve_budgets(first: int, up_to: int) -> list[int]:
+    """Images-shown budgets of the learning-curve points: ``first * 2**k`` up to ``up_to``."""
+    out, b = [], first
+    while first > 0 and b <= up_to:
+        out.append(b)
+        b *= 2
+    return out
 
 
 def _seed_all(seed: int) -> None:
@@ -543,6 +561,7 @@ def train(
     stage: str | None = None,
     device: str | torch.device | None = None,
     deterministic: bool = True,
+    curve_first: int = 2000,
 ) -> TrainResult:
     """Train ``recipe`` on ``dataset`` into ``out_dir``, resuming from its newest checkpoint.
 
@@ -574,6 +593,9 @@ def train(
         device: default CUDA (``cuda:LOCAL_RANK``) if available, else CPU.
         deterministic: ``torch.use_deterministic_algorithms`` (warn-only) and deterministic
             cuDNN for the duration of the call.
+        curve_first: images shown at the first learning-curve point (``Recipe.curve_point``),
+            then at each doubling (:func:`curve_budgets`); points go to ``curve.jsonl`` and MLflow.
+            0: none.
 
     Raises:
         NonFiniteLossError: a loss became NaN/inf (nothing is saved after the last good step).
@@ -589,7 +611,7 @@ def train(
                                max_images=max_images, max_minutes=max_minutes, seed=seed, log_every=log_every,
                                checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
                                sample_every=sample_every, sample_count=sample_count, num_workers=num_workers,
-                               params=_plain(params), stage=stage or recipe.name)
+                               params=_plain(params), stage=stage or recipe.name, curve_first=curve_first)
             return run.run()
     finally:
         if procs.owns_group:
@@ -601,7 +623,7 @@ class _TrainingRun:
 
     def __init__(self, recipe: Recipe, dataset: Dataset, out_dir: Path, procs: _Processes, *, batch_size: int,
                  max_steps, max_images, max_minutes, seed, log_every, checkpoint_every, checkpoint_minutes,
-                 sample_every, sample_count, num_workers, params, stage):
+                 sample_every, sample_count, num_workers, params, stage, curve_first=0):
         if batch_size % procs.world_size:
             raise ValueError(f"batch_size {batch_size} is not divisible by the {procs.world_size} processes")
         if len(dataset) < batch_size:
@@ -636,6 +658,10 @@ class _TrainingRun:
         if found is not None:
             self._restore(*found)
         self.resumed_from_step = self.step
+        self.curve_first = curve_first
+        self.next_curve = curve_first
+        while curve_first > 0 and self.next_curve <= self.images_seen:
+            self.next_curve *= 2
 
         self.step_modules = dict(self.modules)
         if procs.world_size > 1:
@@ -809,10 +835,26 @@ class _TrainingRun:
             _append_jsonl(self.out_dir / TIMING_FILE, timing)
             tracking.log_metrics({**means, **rates, "images_seen": self.images_seen, "images_per_s": speed}, self.step)
             terms = " ".join(f"{k}={v:.4g}" for k, v in means.items())
-            log.info("%s step %d | %d images | epoch %.2f | %.2f img/s | %s", self.recipe.name, self.step,
-                     self.images_seen, self.stream.epochs_done, speed, terms)
+            log.info("%s step %d%s | %d images | epoch %.2f | %.2f img/s | %s | %s", self.recipe.name, self.step,
+                     f"/{self.max_steps}" if self.max_steps is not None else "", self.images_seen,
+                     self.stream.epochs_done, speed, self._eta(speed), terms)
         self.window.reset()
         self.window_started, self.window_steps_here = now, 0
+
+    def _eta(self, images_per_s: float) -> str:
+        """Time left to the first budget that will be reached, at the current rate."""
+        left = []
+        if images_per_s > 0:
+            if self.max_steps is not None:
+                left.append((self.max_steps - self.step) * self.batch_size / images_per_s)
+            if self.max_images is not None:
+                left.append((self.max_images - self.images_seen) / images_per_s)
+        if self.max_minutes is not None:
+            left.append(60.0 * self.max_minutes - self.elapsed)
+        if not left:
+            return "ETA ?"
+        seconds = max(0.0, min(left))
+        return f"ETA {int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
 
     def _sample(self) -> None:
         if self.sample_batch is None:
@@ -827,6 +869,23 @@ class _TrainingRun:
         Image.fromarray(grid).save(self.out_dir / SAMPLES_DIR / name)
         tracking.log_image(grid, f"{SAMPLES_DIR}/{name}")
         self.last_sample_step = self.step
+
+    def _curve_point(self) -> None:
+        while self.next_curve <= self.images_seen:
+            self.next_curve *= 2
+        if not self.procs.main:
+            return
+        started = time.monotonic()
+        with torch.no_grad(), _rng_preserved():
+            values = self.recipe.curve_point({k: unwrap(m) for k, m in self.modules.items()})
+        if not values:
+            return
+        record = {"step": self.step, "images_seen": self.images_seen, **{k: float(v) for k, v in values.items()},
+                  "curve_s": round(time.monotonic() - started, 1)}
+        _append_jsonl(self.out_dir / CURVE_FILE, record)
+        tracking.log_metrics({f"curve_{k}": float(v) for k, v in values.items()}, self.step)
+        log.info("%s: curve point at %d images: %s", self.recipe.name, self.images_seen,
+                 ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
 
     def _result(self, stopped_by: str) -> TrainResult:
         return TrainResult(
@@ -850,7 +909,7 @@ class _TrainingRun:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             # Logs continue from the checkpoint: drop what a killed run wrote after it (or all of
             # it, for a run killed before its first checkpoint) and the previous end-of-run line.
-            for name in (STATS_FILE, TIMING_FILE):
+            for name in (STATS_FILE, TIMING_FILE, CURVE_FILE):
                 _truncate_jsonl(self.out_dir / name, self.step if self.last_checkpoint else -1)
             budget = {"batch_size": self.batch_size, "seed": self.seed, "world_size": self.procs.world_size,
                       "max_steps": self.max_steps, "max_images": self.max_images, "max_minutes": self.max_minutes}
@@ -877,6 +936,8 @@ class _TrainingRun:
                     self._log()
                 if self.step % self.sample_every == 0:
                     self._sample()
+                if self.curve_first > 0 and self.images_seen >= self.next_curve:
+                    self._curve_point()
                 stopped_by = self._budget_reached(time_up)
                 if stopped_by is not None:
                     break
@@ -900,7 +961,7 @@ class _TrainingRun:
             result = self._result(stopped_by)
             if self.procs.main:
                 (self.out_dir / PROGRESS_FILE).write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
-                for name in (STATS_FILE, TIMING_FILE, PROGRESS_FILE):
+                for name in (STATS_FILE, TIMING_FILE, PROGRESS_FILE, CURVE_FILE):
                     tracking.log_artifact(self.out_dir / name)
                 log.info("%s: stopped by %s at step %d (%d images, %.0f s)", self.recipe.name, stopped_by,
                          self.step, self.images_seen, result.elapsed_s)
