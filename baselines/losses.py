@@ -92,7 +92,7 @@ def feature_scales(feature_net: nn.Module, target_features: Sequence[Tensor]) ->
     (perceptual 0.05, style 120) were tuned on; for a substitute backbone (EfficientNet-Lite0)
     the RMS of the target's maps, so that each layer enters on VGG's order of magnitude instead
     of its own (unscaled, the style term of EfficientNet features outweighed all others 100:1)."""
-    if getattr(feature_net, "name", None) == "vgg16":
+    if str(getattr(feature_net, "name", "")).startswith("vgg16"):
         return [target_features[0].new_ones(()) for _ in target_features]
     return [t.square().mean().sqrt().clamp_min(1e-6) for t in target_features]
 

@@ -20,6 +20,27 @@ from .pconv import PConvInpainter
 from .rfr import RFRInpainter
 
 
+class PoolFeatures(torch.nn.Module):
+    """Liu et al.'s (and RFR's) perceptual and style layers on VGG16: pool1, pool2, pool3, the
+    2x2 max pools of relu1_2, relu2_2, relu3_3 (:class:`~faceinpaint.pretrained.feature_nets.VGG16Features`
+    returns the relu maps). A substitute backbone (EfficientNet-Lite0) is used with its own
+    levels, unchanged."""
+
+    def __init__(self, vgg: torch.nn.Module):
+        super().__init__()
+        self.vgg, self.name = vgg, "vgg16-pool1-3"
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.nn.functional.max_pool2d(f, 2) for f in self.vgg(images)[:3]]
+
+
+def baseline_features(cfg: Config) -> torch.nn.Module:
+    from faceinpaint.pretrained import perceptual_backbone
+
+    net = perceptual_backbone(cfg.backbones.perceptual)
+    return PoolFeatures(net) if getattr(net, "name", "") == "vgg16" else net
+
+
 def build_baseline(cfg: Config, name: str) -> torch.nn.Module:
     if name == "pconv":
         return PConvInpainter(cfg.resolution, cfg.pconv.base_width)
@@ -38,10 +59,7 @@ class BaselineRecipe(InpainterRecipe):
         self.finetune_from = self.p.finetune_from_step
 
     def build(self, device):
-        from faceinpaint.pretrained import perceptual_backbone
-
-        return {"net": build_baseline(self.cfg, self.name).to(device),
-                "features": perceptual_backbone(self.cfg.backbones.perceptual).to(device)}
+        return {"net": build_baseline(self.cfg, self.name).to(device), "features": baseline_features(self.cfg).to(device)}
 
     def optimizers(self, modules):
         return {"net": torch.optim.Adam(modules["net"].parameters(), lr=self.p.lr)}

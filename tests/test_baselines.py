@@ -457,3 +457,26 @@ def test_one_optimiser_step_at_profile_resolutions(kind, resolution):
 def test_one_optimiser_step_at_paper_resolution(kind):
     width, recurrences = PROFILES[256]
     one_step(kind, 256, width, recurrences, batch=1)
+
+
+def test_vgg16_perceptual_layers_of_the_baselines_are_pool1_to_pool3():
+    import torchvision
+
+    from baselines.losses import feature_scales
+    from baselines.recipes import PoolFeatures
+    from faceinpaint.pretrained.feature_nets import VGG16Features
+
+    torch.manual_seed(0)
+    vgg = VGG16Features(torchvision.models.vgg16(weights=None).features)  # random weights: layout only
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    pools = PoolFeatures(vgg)(images)
+    # torchvision's own pool layers (indices 4, 9, 16) applied along the real network
+    x = ((images + 1) / 2 - vgg.mean) / vgg.std
+    expected = []
+    for index, layer in enumerate(vgg.features):
+        x = layer(x)
+        if index in (4, 9, 16):
+            expected.append(x)
+    assert [p.shape for p in pools] == [e.shape for e in expected]
+    assert all(torch.allclose(p, e) for p, e in zip(pools, expected))
+    assert all(float(s) == 1.0 for s in feature_scales(PoolFeatures(vgg), pools))  # VGG: the papers' weights unscaled

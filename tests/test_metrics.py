@@ -24,7 +24,11 @@ from faceinpaint.metrics import (
     frechet_distance,
     inpaint_biharmonic_batch,
     paired_bootstrap,
-    paired_bootstrap_fd,
+    paired_interval_fd,
+    half_sample_counts,
+    half_sample_interval,
+    exact_fd,
+    fd_half_samples,
     psnr,
     ssim,
     verdict,
@@ -157,15 +161,70 @@ def test_fd_bootstrap_resamples_equal_explicit_resamples(n, d):
         assert value == pytest.approx(reference, rel=1e-6)
 
 
-def test_paired_bootstrap_fd_prefers_the_closer_model():
+def test_paired_fd_interval_prefers_the_closer_model():
     rng = np.random.default_rng(3)
     real = rng.normal(size=(100, 8))
     close = real + 0.2 * rng.normal(size=real.shape)
     far = real + 0.2 * rng.normal(size=real.shape) + 0.8
-    estimate, lo, hi = paired_bootstrap_fd(real, close, far, n=200, seed=0)
-    assert estimate == pytest.approx(frechet_distance(real, close) - frechet_distance(real, far), rel=1e-12)
+    estimate, lo, hi = paired_interval_fd(real, close, far, n=200, seed=0)
+    assert estimate == pytest.approx(frechet_distance(real, close) - frechet_distance(real, far), rel=1e-6)
     assert lo <= estimate <= hi < 0
     assert verdict(lo, hi, higher_is_better=False) == HOLDS
+
+
+def test_exact_fd_and_half_samples_equal_explicit_subsets():
+    rng = np.random.default_rng(4)
+    real, fake = rng.normal(size=(60, 80)), rng.normal(size=(60, 80)) + 0.1  # fewer images than features
+    full = exact_fd(real, fake)
+    for value, row in zip(fd_half_samples(real, fake, n=3, seed=1), half_sample_counts(60, 3, 1)):
+        idx = np.flatnonzero(row)
+        assert len(idx) == 30
+        assert value == pytest.approx(_fd_by_eigvals(real[idx], fake[idx]), rel=1e-6)
+    assert full == pytest.approx(_fd_by_eigvals(real, fake), rel=1e-6)
+
+
+def _fd_by_eigvals(a, b):  # FD by the eigenvalues of C_a C_b (exact at any rank)
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    eig = np.linalg.eigvals(ca @ cb).real.clip(min=0)
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * np.sqrt(eig).sum())
+
+
+def test_fd_difference_interval_covers_the_expected_difference_where_n_is_below_d():
+    """Synthetic paired features, 150 images of 200-d features: FD at this N is biased far from its
+    population value, and a percentile interval of resamples misses its own estimate; the
+    half-sample interval contains its estimate and covers the expected FD difference at N images
+    (measured on fresh draws) at about its nominal 95%."""
+    d, n = 200, 150
+
+    def draw(rng):
+        x = rng.normal(size=(n, d))
+        shift = np.zeros(d)
+        shift[:3] = 1.0
+        return x, 0.7 * x + 0.75 * rng.normal(size=(n, d)), 0.6 * x + 0.8 * rng.normal(size=(n, d)) + shift
+
+    def difference(x, a, b):
+        return exact_fd(x, a) - exact_fd(x, b)
+
+    truth = np.mean([difference(*draw(np.random.default_rng(100 + k))) for k in range(40)])
+    covered, outside_percentile = 0, 0
+    trials = 24
+    for t in range(trials):
+        x, a, b = draw(np.random.default_rng(1000 + t))
+        estimate, lo, hi = paired_interval_fd(x, a, b, n=150, seed=t)
+        assert lo <= estimate <= hi
+        covered += lo <= truth <= hi
+        resampled = fd_bootstrap_distribution(x, a, 150, t) - fd_bootstrap_distribution(x, b, 150, t)
+        p_lo, p_hi = np.percentile(resampled, [2.5, 97.5])
+        outside_percentile += not (p_lo <= estimate <= p_hi)
+    assert covered >= 0.8 * trials, (covered, trials)
+    assert outside_percentile >= trials // 2  # the biased route this replaces
+
+
+def test_half_sample_interval_by_hand():
+    values = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    lo, hi = half_sample_interval(10.0, values, n_items=10, confidence=0.5)  # halves: factor 1
+    dev = values - 3.0
+    assert (lo, hi) == pytest.approx((10.0 - np.percentile(dev, 75), 10.0 - np.percentile(dev, 25)))
 
 
 # -------------------------------------------------------------------------- paired bootstrap

@@ -460,3 +460,21 @@ def test_fid_inception_weights_are_used_when_present(tmp_path, monkeypatch):
     assert torch.equal(first_conv, state["Conv2d_1a_3x3.conv.weight"])
     with torch.no_grad():
         assert extractor(torch.zeros(1, 3, 64, 64)).shape == (1, 2048)
+
+
+def test_folded_batchnorm_fd_features_equal_the_batchnorm_network():
+    from faceinpaint.pretrained.efficientnet_lite import fold_batchnorm, load_efficientnet_lite0
+    from faceinpaint.pretrained.feature_nets import EfficientNetLite0Pool
+
+    torch.manual_seed(0)
+    net = load_efficientnet_lite0()
+    images = torch.rand(3, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        reference = net.stage_features(torch.nn.functional.interpolate(
+            images, size=224, mode="bilinear", align_corners=False, antialias=True), ())[1].mean(dim=(2, 3))
+        folded = EfficientNetLite0Pool(net)(images)
+        plain_folded = fold_batchnorm(net)(images)
+    assert folded.shape == (3, 1280) and plain_folded.shape == (3, 1000)
+    torch.testing.assert_close(folded, reference, rtol=1e-4, atol=1e-4)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the original is untouched
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fold_batchnorm(net).modules())
