@@ -131,11 +131,6 @@ def encoder_widths(depth: int, base_width: int) -> tuple[int, ...]:
     return tuple(min(base_width * 2**level, MAX_WIDTH_FACTOR * base_width) for level in range(depth))
 
 
-def encoder_sizes(resolution: int) -> tuple[int, ...]:
-    """Side of the encoder map at levels 1..depth."""
-    return tuple(resolution >> level for level in range(1, unet_depth(resolution) + 1))
-
-
 class PartialConvUNet(nn.Module):
     """The PConv U-Net (PAPER.md sec. 5; Liu et al. 2018, network design and supplementary table),
     in the paper's polarity: ``forward(image, valid) -> output`` with ``valid = 1`` on known

@@ -95,6 +95,13 @@ class BaselineRecipe(InpainterRecipe):
         return {"net": unwrap(modules["net"]).state_dict()}
 
 
+def load_baseline_inpainter(cfg: Config, name: str, device="cpu"):
+    """The registry's loader (:mod:`faceinpaint.models`): the trained baseline of ``name``."""
+    from faceinpaint.recipes import _read_model_file
+
+    return load_baseline(cfg, name, _read_model_file(cfg, name)["state"], device)
+
+
 def load_baseline(cfg: Config, name: str, state: dict, device="cpu"):
     """A trained baseline as an inpainter ``f(image_damaged, mask) -> dict``, eval mode."""
     net = build_baseline(cfg, name)

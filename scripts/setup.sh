@@ -3,6 +3,14 @@
 # Used by both README commands and by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# headless Chromium (Debian's package) for the MLflow UI tests; without it they skip, saying so
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: install Debian's chromium (apt-get install chromium) for the three MLflow UI tests" >&2
+  fi
+fi
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 if [ ! -x .venv/bin/python ]; then

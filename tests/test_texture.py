@@ -365,7 +365,7 @@ def test_wgan_losses():
 
 @pytest.fixture(scope="module")
 def perceptual_net():
-    pretrained = pytest.importorskip("faceinpaint.pretrained")
+    from faceinpaint import pretrained
     return pretrained.perceptual_backbone("efficientnet_lite0")
 
 

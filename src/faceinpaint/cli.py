@@ -57,7 +57,9 @@ def identity_auc(params: str, profile: str | None) -> None:
     click.echo(f"identity ROC AUC {r['roc_auc']:.4f} at {r['resolution']}x{r['resolution']} ({r['images']} images)")
 
 
-MODEL_CHOICES = ["stylegan", "structure", "full", "variant1", "variant2", "pconv", "rfr"]
+from .models import INPAINTERS, TRAINED  # noqa: E402 - the registry (light, no torch)
+
+MODEL_CHOICES = list(TRAINED)
 
 
 @cli.command()
@@ -75,7 +77,7 @@ def train(model: str, params: str, profile: str | None, device: str) -> None:
 
 
 @cli.command()
-@click.argument("model", type=click.Choice([*MODEL_CHOICES[1:], "biharmonic"]))
+@click.argument("model", type=click.Choice(list(INPAINTERS)))
 @params_option
 @profile_option
 @click.option("--device", default="cpu", show_default=True)
@@ -113,7 +115,7 @@ def report(params: str, profile: str | None, eval_root: str, out: str, plots: st
 @click.argument("image", type=click.Path(dir_okay=True))
 @click.argument("mask", type=click.Path(dir_okay=True))
 @click.option("--model", "model_name", default="full", show_default=True,
-              type=click.Choice([*MODEL_CHOICES[1:], "biharmonic"]))
+              type=click.Choice(list(INPAINTERS)))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output image file.")
 @params_option
 @profile_option

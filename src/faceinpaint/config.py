@@ -16,8 +16,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROFILES = ("smoke", "cpu", "paper")
-MODELS = ("stylegan", "structure", "full", "variant1", "variant2", "pconv", "rfr")
-TEXTURE_MODELS = ("full", "variant1", "variant2")
 
 
 class ConfigError(ValueError):
@@ -26,9 +24,6 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-NonNeg = Field(ge=0)
 
 
 def _power_of_two(value: int, name: str) -> int:
@@ -161,7 +156,12 @@ class StyleGANParams(TrainBudget):
     channel_multiplier: int = Field(default=2, ge=1)
     channel_max: int = Field(default=512, ge=8)
     lr: float = Field(default=0.002, gt=0)
-    r1: float = Field(default=10.0, ge=0)
+    r1: float | Literal["auto"] = 10.0
+    """R1 weight gamma; ``auto``: StyleGAN2-ADA's small-data heuristic ``0.0002 * res^2 / batch``."""
+    diffaugment: str = ""
+    """DiffAugment policy for D's inputs, e.g. ``color,translation`` (:mod:`faceinpaint.augment`); empty = off."""
+    xflip: bool = False
+    """Mirror each real training face left-right with probability 1/2."""
     path_regularize: float = Field(default=2.0, ge=0)
     path_batch_shrink: int = Field(default=2, ge=1)
     d_reg_every: int = Field(default=16, ge=1)
@@ -171,6 +171,22 @@ class StyleGANParams(TrainBudget):
     """EMA half-life in thousands of images (Karras et al.)."""
     curve_samples: int = Field(default=600, ge=2)
     """Samples (and test faces) per learning-curve point (FD on both backbones)."""
+
+
+    @field_validator("r1")
+    @classmethod
+    def _r1(cls, v):
+        if v != "auto" and v < 0:
+            raise ValueError(f"r1 must be >= 0 or 'auto', got {v}")
+        return v
+
+    @field_validator("diffaugment")
+    @classmethod
+    def _policy(cls, v: str) -> str:
+        from .augment import parse_policy
+
+        parse_policy(v)
+        return v
 
 
 class StructureParams(TrainBudget):

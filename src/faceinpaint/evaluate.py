@@ -19,21 +19,14 @@ from torch.utils.data import DataLoader
 
 from .config import Config
 from .data import PREPARED_DIR, EvaluationDataset, PreparedData, identity_box_fraction
+from .models import INPAINTERS, training_stages
 from .recipes import MODELS_DIR, load_inpainter
 
 log = logging.getLogger(__name__)
 EVAL_DIR = Path("artifacts/eval")
 
 # the training stages each evaluated model depends on (reported beside its numbers)
-UPSTREAM = {
-    "structure": ("stylegan", "structure"),
-    "full": ("stylegan", "structure", "full"),
-    "variant2": ("stylegan", "structure", "variant2"),
-    "variant1": ("variant1",),
-    "pconv": ("pconv",),
-    "rfr": ("rfr",),
-    "biharmonic": (),
-}
+UPSTREAM = {m: training_stages(m) for m in INPAINTERS}
 
 
 def training_facts(models: tuple[str, ...]) -> dict:

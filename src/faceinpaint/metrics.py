@@ -52,7 +52,8 @@ ROW_COLUMNS = ("image_id", "mask_set", "mask_id", "area_bin", "hole_fraction", "
 FACE_FD_BACKBONE = "faceapi-resnet29"
 
 # Direction of every reported metric; bootstrap differences are read through it.
-HIGHER_IS_BETTER: dict[str, bool] = {"psnr": True, "ssim": True, "lpips": False, "id_sim": True, "fd": False}
+HIGHER_IS_BETTER: dict[str, bool] = {"psnr": True, "ssim": True, "lpips": False, "id_sim": True, "fd": False,
+                                     "hole_l1": False}
 
 HOLDS, DOES_NOT_HOLD, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 
@@ -478,3 +479,7 @@ class BiharmonicInpainter:
         composite = inpaint_biharmonic_batch(image_damaged, mask)
         return {"output": composite, "composite": composite}
 
+
+def biharmonic_inpainter(cfg, name: str = "biharmonic", device="cpu") -> BiharmonicInpainter:
+    """The registry's loader of the classical fill (:mod:`faceinpaint.models`)."""
+    return BiharmonicInpainter()

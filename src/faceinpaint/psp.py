@@ -289,7 +289,7 @@ class StructureReconstructor(nn.Module):
     ``n_styles x style_dim`` (a rosinality checkpoint's ``"latent_avg"``, or
     ``generator.mean_latent(n)``); kept as a buffer. The generator is frozen here
     (``requires_grad`` False, eval mode even under ``.train()``);
-    :meth:`trainable_parameters` are the encoder's.
+    Only the encoder's parameters train (the generator is frozen).
     """
 
     def __init__(self, encoder: GradualStyleEncoder, generator: Generator, latent_avg: Tensor):
@@ -309,10 +309,6 @@ class StructureReconstructor(nn.Module):
         super().train(mode)
         self.generator.eval()
         return self
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """The encoder's parameters (the generator is frozen)."""
-        return list(self.encoder.parameters())
 
     def encode(self, image_damaged: Tensor, mask: Tensor) -> Tensor:
         """W+ codes ``N x n_styles x style_dim`` of a damaged image and its mask."""

@@ -27,12 +27,13 @@ from torch import nn
 
 from .config import Config
 from .data import identity_box_fraction
+from .models import INPAINTERS, TEXTURE_MODELS, resolve, spec
 from .training import EmaSpec, Recipe, unwrap
 
 MODELS_DIR = Path("artifacts/models")
 MODEL_FILE = "model.pt"
-TEXTURE_ATTENTION = {"full": (4, 5, 6), "variant1": (6,), "variant2": (6,)}
-USES_STRUCTURE = {"full": True, "variant1": False, "variant2": True}
+TEXTURE_ATTENTION = {m: spec(m).extras["attention_levels"] for m in TEXTURE_MODELS}
+USES_STRUCTURE = {m: spec(m).extras["uses_structure"] for m in TEXTURE_MODELS}
 
 
 class ModelMissingError(FileNotFoundError):
@@ -113,34 +114,41 @@ class StyleGANRecipe(Recipe):
     def train_step(self, modules, optimizers, batch, step):
         from .stylegan2 import d_logistic_loss, d_r1_loss, g_nonsaturating_loss, g_path_regularize, mixing_noise
 
+        from .augment import diff_augment, parse_policy, r1_heuristic, random_xflip
+
         p = self.p
         G, D = modules["G"], modules["D"]
         real = batch["image"]
         n = real.shape[0]
         G.train(), D.train()
         logs: dict[str, Any] = {}
+        policy = parse_policy(p.diffaugment)
+        aug = (lambda x: diff_augment(x, policy)) if policy else (lambda x: x)  # noqa: E731
+        if p.xflip:
+            real = random_xflip(real)
+        r1_weight = r1_heuristic(self.cfg.resolution, self.cfg.stylegan.batch_size) if p.r1 == "auto" else p.r1
 
         # discriminator
         unwrap(G).requires_grad_(False), unwrap(D).requires_grad_(True)
         fake, _ = G(mixing_noise(n, p.style_dim, p.mixing, real.device))
-        d_loss = d_logistic_loss(D(real), D(fake.detach()))
+        d_loss = d_logistic_loss(D(aug(real)), D(aug(fake.detach())))
         optimizers["D"].zero_grad(set_to_none=True)
         d_loss.backward()
         optimizers["D"].step()
         logs["d_loss"] = d_loss.detach()
-        if p.r1 > 0 and step % p.d_reg_every == 0:
-            real_req = real.detach().requires_grad_(True)
+        if r1_weight > 0 and step % p.d_reg_every == 0:
+            real_req = aug(real).detach().requires_grad_(True)  # the penalty on what D sees
             real_pred = D(real_req)
             r1 = d_r1_loss(real_pred, real_req)
             optimizers["D"].zero_grad(set_to_none=True)
-            (p.r1 / 2 * r1 * p.d_reg_every + 0 * real_pred[0]).sum().backward()
+            (r1_weight / 2 * r1 * p.d_reg_every + 0 * real_pred[0]).sum().backward()
             optimizers["D"].step()
             logs["r1"] = r1.detach()
 
         # generator (D is not synchronised in G's pass: its gradients are not used)
         unwrap(G).requires_grad_(True), unwrap(D).requires_grad_(False)
         fake, _ = G(mixing_noise(n, p.style_dim, p.mixing, real.device))
-        g_loss = g_nonsaturating_loss(unwrap(D)(fake))
+        g_loss = g_nonsaturating_loss(unwrap(D)(aug(fake)))
         optimizers["G"].zero_grad(set_to_none=True)
         g_loss.backward()
         optimizers["G"].step()
@@ -389,24 +397,19 @@ class StructureRecipe(InpainterRecipe):
 
 
 def make_recipe(cfg: Config, name: str) -> Recipe:
-    if name == "stylegan":
-        return StyleGANRecipe(cfg)
-    if name in TEXTURE_ATTENTION:
-        return TextureRecipe(cfg, name)
-    if name == "structure":
-        return StructureRecipe(cfg)
-    if name in ("pconv", "rfr"):
-        from baselines.recipes import BaselineRecipe
-
-        return BaselineRecipe(cfg, name)
-    raise ValueError(f"unknown model {name!r}")
+    """The training recipe of a trained model of the registry (:mod:`faceinpaint.models`)."""
+    entry = spec(name)
+    if not entry.trains:
+        raise ValueError(f"model {name!r} is not trained")
+    recipe_class = resolve(entry.recipe)
+    return recipe_class(cfg) if name in ("stylegan", "structure") else recipe_class(cfg, name)
 
 
 def export_model(cfg: Config, recipe: Recipe, modules: Mapping[str, nn.Module], out_dir: Path) -> Path:
     """Write the trained model's inference weights (``model.pt``) atomically."""
     payload = {"model": recipe.name, "profile": cfg.profile_name, "resolution": cfg.resolution,
                "state": recipe.export(modules)}
-    path = out_dir / (("stylegan2.pt") if recipe.name == "stylegan" else MODEL_FILE)
+    path = out_dir / spec(recipe.name).export_file
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(payload if recipe.name != "stylegan" else payload["state"], tmp)
@@ -439,26 +442,24 @@ Inpainter = Callable[[torch.Tensor, torch.Tensor], dict]
 
 
 def load_inpainter(cfg: Config, name: str, device="cpu") -> Inpainter:
-    """``f(image_damaged, mask) -> dict(output, composite, ...)`` for any trained model, or the
-    classical ``biharmonic`` fill."""
-    if name == "biharmonic":
-        from .metrics import BiharmonicInpainter
+    """``f(image_damaged, mask) -> dict(output, composite, ...)`` for any inpainter of the
+    registry (the trained ones and the classical ``biharmonic`` fill)."""
+    entry = spec(name)
+    if not entry.inpaints:
+        raise ValueError(f"model {name!r} does not inpaint; expected one of {', '.join(INPAINTERS)}")
+    return resolve(entry.loader)(cfg, name, device)
 
-        return BiharmonicInpainter()
-    if name == "structure":
-        return load_structure(cfg, device)
-    if name in TEXTURE_ATTENTION:
-        from .texture import TextureGenerator
 
-        p = cfg.texture
-        G = TextureGenerator(cfg.resolution, p.base_width, p.max_width, TEXTURE_ATTENTION[name], p.softmax_scale)
-        G.load_state_dict(_read_model_file(cfg, name)["state"]["G"])
-        G.eval().requires_grad_(False).to(device)
-        structure = load_structure(cfg, device) if USES_STRUCTURE[name] else None
-        return lambda x, m: texture_forward(G, structure, x, m)
-    if name in ("pconv", "rfr"):
-        from baselines.recipes import load_baseline
+def load_structure_inpainter(cfg: Config, name: str, device="cpu") -> Inpainter:
+    return load_structure(cfg, device)
 
-        return load_baseline(cfg, name, _read_model_file(cfg, name)["state"], device)
-    raise ValueError(f"unknown model {name!r}; expected stylegan, structure, full, variant1, variant2, pconv, rfr or biharmonic")
 
+def load_texture_inpainter(cfg: Config, name: str, device="cpu") -> Inpainter:
+    from .texture import TextureGenerator
+
+    p = cfg.texture
+    G = TextureGenerator(cfg.resolution, p.base_width, p.max_width, TEXTURE_ATTENTION[name], p.softmax_scale)
+    G.load_state_dict(_read_model_file(cfg, name)["state"]["G"])
+    G.eval().requires_grad_(False).to(device)
+    structure = load_structure(cfg, device) if USES_STRUCTURE[name] else None
+    return lambda x, m: texture_forward(G, structure, x, m)

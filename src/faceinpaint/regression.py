@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "id_sim": True, "fd": False, "lpips": False, "hole_l1": False}
+from .metrics import HIGHER_IS_BETTER  # the metric kinds a metrics file is checked on
 DEFAULT_REL_TOLERANCE = 1e-6
 
 

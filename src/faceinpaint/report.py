@@ -80,6 +80,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from .data import to_uint8_image
+from .models import INPAINTERS, MODELS
 from .metrics import (
     AREA_BIN_LABELS,
     AREA_BIN_OVERFLOW,
@@ -103,17 +104,9 @@ from .metrics import (
 
 NOT_RUN = "not run"
 
-CLASSICAL = "inpaint_biharmonic"
-STAGE1 = "Stage 1 (structure)"
-DEFAULT_MODELS: dict[str, str] = {
-    STAGE1: "structure",
-    "PConv": "pconv",
-    "RFR": "rfr",
-    "Ours": "full",
-    "Variant 1": "variant1",
-    "Variant 2": "variant2",
-    CLASSICAL: "biharmonic",
-}
+CLASSICAL = MODELS["biharmonic"].display
+STAGE1 = MODELS["structure"].display
+DEFAULT_MODELS: dict[str, str] = {MODELS[m].display: m for m in INPAINTERS}  # display -> eval folder
 
 # PAPER.md sec. 6, Tables 1 and 2: PSNR (dB) / SSIM / FID (Inception-v3), CelebA-HQ 256x256.
 PAPER_NUMBERS: dict[str, dict[str, float]] = {

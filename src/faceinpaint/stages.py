@@ -32,6 +32,7 @@ from .checkpoint import PREVIOUS
 from .training import CURVE_FILE
 from .config import Config
 from .data import PREPARED_DIR, PreparedData, to_uint8_image, training_dataset
+from .models import MODELS, TRAINED, upstream_chain
 from .recipes import MODELS_DIR, export_model, make_recipe
 
 log = logging.getLogger(__name__)
@@ -41,32 +42,15 @@ PLOTS_DIR = Path("reports/plots")
 
 ARCHIVE_DIR = Path("artifacts/archive")
 
-# What each training stage reads from params.yaml: dotted paths into the resolved config (profile
-# keys without their ``profiles.<profile>.`` prefix). dvc.yaml declares exactly these for each
-# stage, together with those of its upstream stages (tests/test_pipeline.py checks both).
-_COMMON = ("seed", "profile", "data")
-READS: dict[str, tuple[str, ...]] = {
-    "stylegan": (*_COMMON, "resolution", "stylegan"),
-    "structure": (*_COMMON, "masks", "resolution", "structure", "losses.structure", "learning_rates", "backbones"),
-    **{m: (*_COMMON, "masks", "resolution", "texture", "losses.texture", "learning_rates", "backbones")
-       for m in ("full", "variant1", "variant2")},
-    **{m: (*_COMMON, "masks", "resolution", m, f"losses.{m}", "backbones") for m in ("pconv", "rfr")},
-}
-# The trained models a stage loads (and so depends on).
-UPSTREAM: dict[str, tuple[str, ...]] = {"stylegan": (), "structure": ("stylegan",), "full": ("structure",),
-                                        "variant1": (), "variant2": ("structure",), "pconv": (), "rfr": ()}
+# What each training stage reads from params.yaml (profile keys without their
+# ``profiles.<profile>.`` prefix) and the trained models it loads: from the registry. dvc.yaml
+# declares exactly these for each stage, with those of its upstream stages (tests/test_pipeline.py).
+READS: dict[str, tuple[str, ...]] = {m: MODELS[m].reads for m in TRAINED}
+UPSTREAM: dict[str, tuple[str, ...]] = {m: MODELS[m].upstream for m in TRAINED}
 
 
 def _section_name(name: str) -> str:
-    return "texture" if name in ("full", "variant1", "variant2") else name
-
-
-def upstream_chain(name: str) -> list[str]:
-    """Every model ``name`` depends on, nearest first (``full`` -> structure, stylegan)."""
-    out: list[str] = []
-    for up in UPSTREAM[name]:
-        out += [up, *(m for m in upstream_chain(up) if m not in out)]
-    return out
+    return MODELS[name].section
 
 
 def stage_reads(name: str) -> tuple[str, ...]:
@@ -80,11 +64,11 @@ def stage_reads(name: str) -> tuple[str, ...]:
 def upstream_files(cfg: Config, name: str) -> dict[str, Path]:
     """The files whose content a run of ``name`` learns from: the training images and the
     upstream model files it loads."""
-    from .recipes import MODEL_FILE, stylegan_checkpoint_path
+    from .recipes import stylegan_checkpoint_path
 
     files = {"train_images": PREPARED_DIR / "train_images.npy"}
     for up in UPSTREAM[name]:
-        files[up] = stylegan_checkpoint_path(cfg) if up == "stylegan" else MODELS_DIR / up / MODEL_FILE
+        files[up] = stylegan_checkpoint_path(cfg) if up == "stylegan" else MODELS_DIR / up / MODELS[up].export_file
     return files
 
 
@@ -96,6 +80,11 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# Options added after runs were trained: part of an identity only when switched on, so a run
+# from before the option existed keeps its identity (and its checkpoint) while the option is off.
+OFF_WHEN = {"stylegan.diffaugment": "", "stylegan.xflip": False}
+
+
 def run_identity(cfg: Config, name: str) -> dict:
     """Flat params that identify a run of ``name`` (logged to MLflow and stored in its
     checkpoints): what it and its upstream stages read, and ``upstream.<x>.sha256`` of each file
@@ -103,7 +92,7 @@ def run_identity(cfg: Config, name: str) -> dict:
     upstream file that does not exist."""
     from .recipes import ModelMissingError
 
-    params = cfg.params_under(stage_reads(name))
+    params = {k: v for k, v in cfg.params_under(stage_reads(name)).items() if OFF_WHEN.get(k, object()) != v}
     for key, path in upstream_files(cfg, name).items():
         if not path.is_file():
             raise ModelMissingError(f"{path}: needed by {name!r} and missing (run `dvc repro` up to {name!r})")

@@ -41,6 +41,8 @@ import torch
 from torch import Tensor, autograd, nn
 from torch.nn import functional as F
 
+from .checkpoint import CheckpointError  # noqa: F401 - one error type for every unusable checkpoint file
+
 LEAKY_SLOPE = 0.2
 ACTIVATION_GAIN = math.sqrt(2.0)
 DEMODULATION_EPS = 1e-8
@@ -536,21 +538,7 @@ def mixing_noise(batch: int, latent_dim: int, prob: float,
     return make_noise(batch, latent_dim, n_noise, device)
 
 
-@torch.no_grad()
-def accumulate(model_ema: nn.Module, model: nn.Module, decay: float = 0.999) -> None:
-    """Exponential moving average of the parameters (Karras et al. 2018, used for G in
-    StyleGAN2): ``p_ema <- decay * p_ema + (1 - decay) * p``. Buffers are left alone, as in
-    rosinality's ``accumulate``."""
-    ema_params = dict(model_ema.named_parameters())
-    for name, param in model.named_parameters():
-        ema_params[name].lerp_(param, 1 - decay)
-
-
 # ------------------------------------------------------------------------------ checkpoints
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file does not hold what a rosinality StyleGAN2 checkpoint should."""
 
 
 def load_rosinality_checkpoint(path: str | Path) -> dict:

@@ -63,6 +63,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from baselines.recipes import build_baseline
+from faceinpaint.models import TRAINED
 from faceinpaint.config import Config, load_config
 from faceinpaint.masks import square_masks
 from faceinpaint.recipes import (
@@ -101,7 +102,7 @@ MATMUL_ROUNDS = 3 if QUICK else 10
 REPORT = Path(os.environ.get("FACEINPAINT_BENCH_OUT") or
               ROOT / "reports" / "benchmarks" / ("models_quick.json" if QUICK else "models.json"))
 
-TRAIN_MODELS = ("stylegan", "structure", "full", "variant1", "variant2", "pconv", "rfr")
+TRAIN_MODELS = TRAINED
 INPAINTERS = ("structure", "full", "variant1", "variant2", "pconv", "rfr")
 _subset = [m.strip() for m in os.environ.get("FACEINPAINT_BENCH_MODELS", "").split(",") if m.strip()]
 if _subset:
