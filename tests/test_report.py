@@ -74,7 +74,7 @@ def _model(name: str, level: float, feature_shift: float, twin: bool = False, se
         metric_key("fd", BACKBONES["fd"]): frechet_distance(feats["real"], feats["composite"]),
         "backbones": BACKBONES, "psnr_settings": PSNR_SETTINGS, "ssim_settings": SSIM_SETTINGS,
         "square_boxes": [[4, 5, 11, 10]] * 10,
-        "training": {} if name == "biharmonic" else {"texture": {"images_seen": 12000 + seed, "train_time_s": 5400.0}},
+        "training": {} if name == "biharmonic" else {name: {"images_seen": 12000 + seed, "train_time_s": 5400.0 + seed}},
     }
     fill = np.uint8(40 * seed % 256)
     composite_img = ORIGINALS.copy()
@@ -328,3 +328,27 @@ def test_learning_curves_draw_each_inpainter_and_biharmonic_on_the_curve_images(
     for name in ("curves.png", "prior.png"):
         with Image.open(tmp_path / name) as im:
             assert im.format == "PNG"
+
+
+def test_report_page_holds_every_table_verbatim_and_the_budgets_of_the_evaluations(report):
+    import re
+
+    root, out, written = report
+    page = written["README.md"].read_text()
+    assert page.startswith("# Reproduction report")
+    for name in ("table1.md", "table2.md", "table_stage1.md", "claims.md", "irregular_bins.md"):
+        body = [line for line in (out / name).read_text().splitlines() if line and not line.startswith("#")]
+        assert all(line in page for line in body), name  # the same text, so the same numbers
+    # the budget table: one row per training run, numbers from the evaluation summaries
+    rows = re.findall(r"^\| [^|]+ \| (\w+) \| ([\d,]+) \| ([\d.]+) min \|$", page, re.M)
+    facts = {}
+    for folder in MODELS:
+        facts.update(json.loads((root / folder / "summary.json").read_text())["training"])
+    assert rows and {run for run, _, _ in rows} == set(facts)
+    for run, images, minutes in rows:
+        assert int(images.replace(",", "")) == facts[run]["images_seen"]
+        assert float(minutes) == pytest.approx(facts[run]["train_time_s"] / 60, abs=0.05)
+    from faceinpaint.report import PAGE_FIGURES
+
+    for _, name in PAGE_FIGURES:
+        assert (f"]({name})" in page) == (out / name).is_file()

@@ -106,7 +106,7 @@ def report(params: str, profile: str | None, eval_root: str, out: str, plots: st
 
     cfg = _config(params, profile)
     written = build_report(eval_root, out, n_bootstrap=cfg.evaluate.bootstrap, n_bootstrap_fd=cfg.evaluate.bootstrap_fd, seed=cfg.seed,
-                           curve_images=cfg.evaluate.curve_images,
+                           curve_images=cfg.evaluate.curve_images, profile=cfg.profile_name,
                            plots_dir=plots)
     click.echo("wrote " + ", ".join(sorted(str(p) for p in written.values())))
 

@@ -851,6 +851,81 @@ def plot_prior_curve(plots_dir: str | Path, path: Path) -> bool:
     return bool(len(df))
 
 
+# ------------------------------------------------------------------------------- the page
+
+PAGE_FIGURES = (
+    ("Figure 3: Ours against the baselines", "figure3.png"),
+    ("Figure 5: the ablation variants", "figure5.png"),
+    ("Stage 1 alone against inpaint_biharmonic", "figure_stage1.png"),
+    ("Learning curves (metrics on the curve images against images shown)", "learning_curves.png"),
+    ("The StyleGAN2 prior's Frechet distances against images shown", "prior_curve.png"),
+    ("Training losses", "loss_curves.png"),
+    ("PSNR against hole area (irregular masks)", "irregular_psnr_vs_area.png"),
+)
+
+
+def _demote(markdown: str) -> str:
+    """Every heading one level down, so an included file sits under the page's title."""
+    return "\n".join("#" + line if line.startswith("#") else line for line in markdown.splitlines())
+
+
+def budget_rows(results: dict[str, EvalResult | None]) -> list[list[str]]:
+    """``[model, training run, images seen, training time]`` for every training run behind an
+    evaluated model, from the evaluation summaries' ``training`` facts."""
+    rows, seen = [], set()
+    for display, r in results.items():
+        if r is None:
+            continue
+        for run, facts in r.summary.get("training", {}).items():
+            if run in seen:
+                continue
+            seen.add(run)
+            rows.append([MODELS[run].display if run in MODELS else run, run, f"{int(facts['images_seen']):,}",
+                         f"{float(facts['train_time_s']) / 60:.1f} min"])
+    return rows
+
+
+def report_page(out_dir: Path, results: dict[str, EvalResult | None], profile: dict[str, object]) -> str:
+    """``reports/README.md``: what was run and every result file of the report, in one page. Its
+    tables are the report's own files, included verbatim; the budgets come from the evaluations."""
+    evaluated = [r for r in results.values() if r is not None]
+    resolution = evaluated[0].summary.get("resolution") if evaluated else None
+    parts = [
+        "# Reproduction report",
+        "",
+        "Written by the `report` stage (`faceinpaint report`) from the evaluation folders; do not edit by hand.",
+        "",
+        f"Profile **{profile.get('profile', '?')}**, {resolution}x{resolution} images, "
+        f"{evaluated[0].summary.get('n_images', '?') if evaluated else 0} test images with the ten square masks. "
+        f"Models evaluated: {', '.join(r.display for r in evaluated) or 'none'}; not run: "
+        f"{', '.join(d for d, r in results.items() if r is None) or 'none'}.",
+        "",
+        "## Training budgets",
+        "",
+        "| model | training run | images seen | training time |",
+        "|---|---|---|---|",
+        *("| " + " | ".join(row) + " |" for row in budget_rows(results)),
+    ]
+    for name in ("table1.md", "table2.md", "table_stage1.md", "claims.md", "irregular_bins.md"):
+        path = out_dir / name
+        if path.is_file():
+            parts += ["", _demote(path.read_text().strip())]
+    parts += ["", "## Figures", ""]
+    for caption, name in PAGE_FIGURES:
+        if (out_dir / name).is_file():
+            parts += [f"**{caption}** (`{name}`)", "", f"![{caption}]({name})", ""]
+    parts += [
+        "## How to reproduce",
+        "",
+        "```bash",
+        "bash scripts/setup.sh && . .venv/bin/activate && dvc repro   # every file above",
+        "dvc repro evaluate@pconv report                                # one model's numbers, then this page",
+        "```",
+        "",
+    ]
+    return "\n".join(parts)
+
+
 # ------------------------------------------------------------------------------------ report
 
 
@@ -881,6 +956,7 @@ def build_report(
     seed: int = 0,
     plots_dir: str | Path | None = None,
     curve_images: int = 200,
+    profile: str = "?",
 ) -> dict[str, Path]:
     """The ``report`` stage. ``models`` maps display names (those of :data:`TABLES`, the
     classical :data:`CLASSICAL`, or others, which appear in the irregular table and metrics)
@@ -933,4 +1009,6 @@ def build_report(
 
     (out_dir / "metrics.json").write_text(json.dumps(metrics_document(results), indent=2, sort_keys=True) + "\n")
     written["metrics.json"] = out_dir / "metrics.json"
+    (out_dir / "README.md").write_text(report_page(out_dir, results, {"profile": profile}))
+    written["README.md"] = out_dir / "README.md"
     return written
