@@ -2,6 +2,7 @@
 and what reruns when a param or an upstream model changes."""
 
 import contextlib
+import hashlib
 import json
 import shutil
 import subprocess
@@ -65,7 +66,7 @@ def test_identity_holds_upstream_params_and_file_hashes(tmp_path, monkeypatch):
     (tmp_path / "artifacts/models/stylegan/stylegan2.pt").write_bytes(b"prior one")
     first = run_identity(cfg, "structure")
     assert first["stylegan.style_dim"] == cfg.stylegan.style_dim and "losses.structure.lpips" in first
-    assert first["upstream.stylegan.sha256"] == __import__("hashlib").sha256(b"prior one").hexdigest()
+    assert first["upstream.stylegan.sha256"] == hashlib.sha256(b"prior one").hexdigest()
     (tmp_path / "artifacts/models/stylegan/stylegan2.pt").write_bytes(b"prior two")
     assert run_identity(cfg, "structure")["upstream.stylegan.sha256"] != first["upstream.stylegan.sha256"]
     assert not any(k.startswith(("stylegan.", "upstream.stylegan")) for k in run_identity(cfg, "pconv"))

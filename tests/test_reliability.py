@@ -1,6 +1,7 @@
 """Crash, resume and determinism of a real model on the `smoke` profile, through the CLI a user
 runs (``faceinpaint train`` / ``evaluate``), in a scratch project with the real data."""
 
+import hashlib
 import json
 import os
 import signal
@@ -157,7 +158,7 @@ def test_a_retrained_prior_starts_structure_afresh_against_it(tmp_path, prepared
     assert {p.name for p in (project / "artifacts/archive/structure").iterdir()} == first_run
     state = torch.load(next((project / "artifacts/models/structure/runs").glob("*/checkpoints/latest.pt")), weights_only=True)
     prior = (project / "artifacts/models/stylegan/stylegan2.pt").read_bytes()
-    assert state["params"]["upstream.stylegan.sha256"] == __import__("hashlib").sha256(prior).hexdigest()
+    assert state["params"]["upstream.stylegan.sha256"] == hashlib.sha256(prior).hexdigest()
     assert not list((project / "artifacts/models/structure/runs").glob("*/checkpoints/previous.pt"))
 
 

@@ -19,7 +19,6 @@ again.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import shutil
 import logging
@@ -33,6 +32,7 @@ from .training import CURVE_FILE
 from .config import Config
 from .data import PREPARED_DIR, PreparedData, to_uint8_image, training_dataset
 from .models import MODELS, TRAINED, upstream_chain
+from .pretrained.weights import sha256_of
 from .recipes import MODELS_DIR, export_model, make_recipe
 
 log = logging.getLogger(__name__)
@@ -72,14 +72,6 @@ def upstream_files(cfg: Config, name: str) -> dict[str, Path]:
     return files
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # Options added after runs were trained: part of an identity only when switched on, so a run
 # from before the option existed keeps its identity (and its checkpoint) while the option is off.
 OFF_WHEN = {"stylegan.diffaugment": "", "stylegan.xflip": False}
@@ -96,7 +88,7 @@ def run_identity(cfg: Config, name: str) -> dict:
     for key, path in upstream_files(cfg, name).items():
         if not path.is_file():
             raise ModelMissingError(f"{path}: needed by {name!r} and missing (run `dvc repro` up to {name!r})")
-        params[f"upstream.{key}.sha256"] = file_sha256(path)
+        params[f"upstream.{key}.sha256"] = sha256_of(path)
     return params
 
 
