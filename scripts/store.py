@@ -56,7 +56,7 @@ def stored_stages() -> dict[str, int]:
     """Stages of dvc.lock whose outputs are complete in the store, with their size in bytes."""
     found = {}
     for stage, outs in lock_outs().items():
-        hashed = [o for o in outs if "md5" in o]
+        hashed = [o for o in outs if "md5" in o and o["path"].startswith("artifacts/")]  # cache: false outs stay in git
         if hashed and all(object_path(o["md5"]).is_file() for o in hashed):
             ids = set().union(*(referenced(o["md5"]) for o in hashed))
             if all(object_path(i).is_file() for i in ids):

@@ -556,3 +556,12 @@ def test_log_line_shows_progress_against_the_budget_and_an_eta(tmp_path, caplog)
     lines = [r.getMessage() for r in caplog.records if " step " in r.getMessage() and "img/s" in r.getMessage()]
     assert lines and all("/6 |" in line and "ETA " in line for line in lines)
     assert lines[-1].split("ETA ")[1].startswith("0:00:00")  # nothing left at the last step
+
+
+def test_a_stopped_run_whose_budget_is_set_to_its_step_records_its_progress(tmp_path):
+    with pytest.raises(TrainingInterrupted):
+        run_fixture(tmp_path, recipe=MaskedL1Inpainter(signal_at_step=7))
+    assert not (tmp_path / "progress.json").exists()
+    result = run_fixture(tmp_path, steps=8)  # the budget set to the step the signal stopped it at
+    assert result.step == 8 and result.stopped_by == "max_steps" and result.resumed_from_step == 8
+    assert json.loads((tmp_path / "progress.json").read_text())["step"] == 8

@@ -78,6 +78,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import NullFormatter
 
 from .data import to_uint8_image
 from .models import INPAINTERS, MODELS
@@ -813,6 +814,7 @@ def plot_learning_curves(plots_dir: str | Path, path: Path, classical: EvalResul
         if panel in line:
             ax.axhline(line[panel], color="black", linestyle="--", linewidth=1, label=CLASSICAL)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only
         ax.set_title(f"{label} (first {n_images} test images, squares)", fontsize=8)
         ax.set_xlabel("images shown")
         ax.grid(alpha=0.3)
@@ -844,6 +846,7 @@ def plot_prior_curve(plots_dir: str | Path, path: Path) -> bool:
     else:
         ax.text(0.5, 0.5, "no prior curve yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("images shown")
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -901,10 +901,14 @@ class _TrainingRun:
         self.last_sample_step = -1
         stopped_by = self._budget_reached(self._time_up())
         if stopped_by is not None:
+            result = self._result(stopped_by)
             if self.procs.main:
                 log.info("%s: the checkpoint at step %d already meets the budget (%s); nothing to train",
                          self.recipe.name, self.step, stopped_by)
-            return self._result(stopped_by)
+                # e.g. a run stopped by a signal whose budget was then set to the step it reached
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                (self.out_dir / PROGRESS_FILE).write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
+            return result
         if self.procs.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             # Logs continue from the checkpoint: drop what a killed run wrote after it (or all of
