@@ -7,8 +7,9 @@ trained models' outputs in dvc.yaml), so trained models survive a fresh clone.
     python scripts/store.py prune           # drop objects that dvc.lock no longer references
     python scripts/store.py size            # what the store holds, per stage
 
-``push`` without stages pushes every stage of dvc.lock with an output in the store whose files
-are in the workspace. ``prune`` keeps exactly the objects (files and ``.dir`` listings) that some
+``push`` without stages pushes every stage of dvc.lock with an output under ``artifacts/``
+(prepared data, trained models, evaluations: all carry ``remote: store``) whose files are in the
+workspace. ``prune`` keeps exactly the objects (files and ``.dir`` listings) that some
 output of dvc.lock references, so an old checkpoint leaves the store's working tree (git history
 keeps it) once its stage has moved on. Run from the repository root.
 """
@@ -80,7 +81,7 @@ def cmd_pull(_args) -> None:
 def cmd_push(args) -> None:
     stages = args.stages or [
         s for s, outs in lock_outs().items()
-        if any(o["path"].startswith("artifacts/models/") for o in outs) and all((ROOT / o["path"]).exists() for o in outs)]
+        if any(o["path"].startswith("artifacts/") for o in outs) and all((ROOT / o["path"]).exists() for o in outs)]
     if not stages:
         sys.exit("nothing to push: no trained model of dvc.lock is in the workspace")
     run("push", "-q", *stages)
