@@ -87,7 +87,7 @@ class StyleGANRecipe(Recipe):
     name = "stylegan"
     trainable = ("G", "D")
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, name: str = "stylegan"):
         self.cfg, self.p = cfg, cfg.stylegan
         self.ema = {"G_ema": EmaSpec("G", half_life_images=self.p.ema_kimg * 1000, rampup_ratio=0.05)}
         self.mean_path_length = 0.0
@@ -334,7 +334,7 @@ class StructureRecipe(InpainterRecipe):
     name = "structure"
     trainable = ("encoder",)
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, name: str = "structure"):
         self.cfg, self.p = cfg, cfg.structure
 
     def build_reconstructor(self, device) -> nn.Module:
@@ -401,8 +401,7 @@ def make_recipe(cfg: Config, name: str) -> Recipe:
     entry = spec(name)
     if not entry.trains:
         raise ValueError(f"model {name!r} is not trained")
-    recipe_class = resolve(entry.recipe)
-    return recipe_class(cfg) if name in ("stylegan", "structure") else recipe_class(cfg, name)
+    return resolve(entry.recipe)(cfg, name)
 
 
 def export_model(cfg: Config, recipe: Recipe, modules: Mapping[str, nn.Module], out_dir: Path) -> Path:

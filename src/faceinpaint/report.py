@@ -768,7 +768,8 @@ def plot_loss_curves(plots_dir: str | Path, path: Path) -> list[str]:
     return [m for m, _ in frames]
 
 
-CURVE_PANELS = ("psnr", "ssim", "lpips", "hole_l1", "fd", "fd_faceapi-resnet29")
+FACE_FD = metric_key("fd", FACE_FD_BACKBONE)
+CURVE_PANELS = ("psnr", "ssim", "lpips", "hole_l1", "fd", FACE_FD)
 
 
 def _curve_column(df: pd.DataFrame, panel: str) -> str | None:
@@ -776,7 +777,7 @@ def _curve_column(df: pd.DataFrame, panel: str) -> str | None:
     if panel in df.columns:
         return panel
     prefix = {"lpips": "lpips_", "fd": "fd_"}.get(panel)
-    matches = [c for c in df.columns if prefix and c.startswith(prefix) and c != "fd_faceapi-resnet29"]
+    matches = [c for c in df.columns if prefix and c.startswith(prefix) and c != FACE_FD]
     return matches[0] if matches else None
 
 
@@ -839,8 +840,8 @@ def plot_prior_curve(plots_dir: str | Path, path: Path) -> bool:
         ax.plot(df["images_seen"], df[fid_col], marker="o", color="tab:blue", label=fid_col)
         ax.set_ylabel(fid_col, color="tab:blue", fontsize=8)
         twin = ax.twinx()
-        twin.plot(df["images_seen"], df["fd_faceapi-resnet29"], marker="s", color="tab:red", label="fd_faceapi-resnet29")
-        twin.set_ylabel("fd_faceapi-resnet29", color="tab:red", fontsize=8)
+        twin.plot(df["images_seen"], df[FACE_FD], marker="s", color="tab:red", label=FACE_FD)
+        twin.set_ylabel(FACE_FD, color="tab:red", fontsize=8)
         n = int(df["fd_samples"].iloc[-1]) if "fd_samples" in df else None
         ax.set_title(f"StyleGAN2 prior: FD of {n} samples to {n} test faces", fontsize=9)
     else:
@@ -943,7 +944,7 @@ def metrics_document(results: dict[str, EvalResult | None]) -> dict[str, float]:
             flat[f"{r.name}.{metric}"] = r.value(metric)
         for metric in ("fd", "lpips"):
             flat[f"{r.name}.{metric_key(metric, r.summary['backbones'][metric])}"] = r.value(metric)
-        for key in ("hole_l1", metric_key("fd", FACE_FD_BACKBONE)):
+        for key in ("hole_l1", FACE_FD):
             if key in r.summary:
                 flat[f"{r.name}.{key}"] = float(r.summary[key])
     return flat
