@@ -23,7 +23,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "reports" / "baselines" / "stored.json"
 N_IMAGES = 100
-INPAINTERS = ("structure", "full", "variant1", "variant2", "pconv", "rfr")
 
 
 def scores(cfg, name: str, n: int) -> dict[str, float]:
@@ -59,7 +58,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     cfg = load_config(ROOT / "params.yaml", "cpu")
     recorded = json.loads(BASELINE.read_text()) if BASELINE.is_file() else {"metrics": {}}
-    names = [m for m in ("stylegan", *INPAINTERS) if present(m)]
+    from faceinpaint.models import TRAINED
+
+    names = [m for m in TRAINED if present(m)]  # the registry's trained models: the prior, then the inpainters
     if args.write:
         doc = {"what": "stored cpu models scored on a fixed test subset (scripts/check_stored.py)",
                "n_images": N_IMAGES, "rel_tolerance": 1e-6,

@@ -23,9 +23,15 @@ from baselines.losses import (
 )
 from baselines.pconv import PartialConv2d, PConvInpainter, encoder_widths, unet_depth
 from baselines.rfr import AttentionState, KnowledgeConsistentAttention, RFRInpainter, merge_features
+from faceinpaint.config import load_config
 
-# (resolution, base_width, recurrences) of the smoke, cpu and paper profiles in params.yaml
-PROFILES = {32: (8, 2), 64: (32, 4), 256: (64, 6)}
+
+
+def profile_widths(profile: str, kind: str) -> tuple[int, int, int]:
+    """(resolution, base_width, recurrences) of ``kind`` (``pconv`` / ``rfr``) in a profile of
+    params.yaml (recurrences: RFR's, also for PConv, which has none)."""
+    cfg = load_config(profile=profile)
+    return cfg.resolution, getattr(cfg, kind).base_width, cfg.rfr.recurrences
 
 
 def square_hole(batch: int, size: int, box: tuple[int, int, int, int]) -> Tensor:
@@ -254,8 +260,8 @@ def test_feature_merging_averages_the_valid_maps():
 # ---------------------------------------------------------------------------- invariants
 
 
-def build(kind: str, resolution: int) -> nn.Module:
-    width, recurrences = PROFILES[resolution]
+def build(kind: str, profile: str = "smoke") -> nn.Module:
+    resolution, width, recurrences = profile_widths(profile, kind)
     torch.manual_seed(5)
     return PConvInpainter(resolution, width) if kind == "pconv" else RFRInpainter(resolution, width, recurrences)
 
@@ -263,8 +269,8 @@ def build(kind: str, resolution: int) -> nn.Module:
 @pytest.mark.parametrize("kind", ["pconv", "rfr"])
 @pytest.mark.parametrize("training", [True, False])
 def test_hole_pixels_of_the_input_are_never_read(kind, training):
-    model = build(kind, 32).train(training)
-    image, mask, damaged = damaged_batch(2, 32, seed=6)
+    model = build(kind).train(training)
+    image, mask, damaged = damaged_batch(2, model.resolution, seed=6)
     scribbled = torch.where(mask > 0.5, torch.randn_like(image) * 5, damaged)
     assert not torch.equal(scribbled, damaged)
     with torch.no_grad():
@@ -274,8 +280,8 @@ def test_hole_pixels_of_the_input_are_never_read(kind, training):
 
 @pytest.mark.parametrize("kind", ["pconv", "rfr"])
 def test_composite_keeps_known_pixels_bit_for_bit(kind):
-    model = build(kind, 32)
-    image, mask, damaged = damaged_batch(2, 32, seed=7)
+    model = build(kind)
+    image, mask, damaged = damaged_batch(2, model.resolution, seed=7)
     result = model(damaged, mask)
     known = (mask < 0.5).expand_as(image)
     assert torch.equal(result["composite"][known], image[known])
@@ -285,8 +291,8 @@ def test_composite_keeps_known_pixels_bit_for_bit(kind):
 
 @pytest.mark.parametrize("kind", ["pconv", "rfr"])
 def test_mask_polarity_adapter(kind):
-    model = build(kind, 32).eval()
-    _, mask, damaged = damaged_batch(2, 32, seed=8)
+    model = build(kind).eval()
+    _, mask, damaged = damaged_batch(2, model.resolution, seed=8)
     with torch.no_grad():
         adapted = model(damaged, mask)["output"]
         direct = model.net(damaged, 1.0 - mask)
@@ -392,7 +398,7 @@ def check_loss_terms(terms, output, composite, target, mask, net, weights, scale
 
 
 def test_pconv_finetune_freezes_encoder_batch_norm_only():
-    model = build("pconv", 32).train()
+    model = build("pconv").train()
     model.set_finetune(True)
     encoder_norms = model.net.encoder_batch_norms()
     decoder_norms = [b.norm for b in model.net.decoder if b.norm is not None]
@@ -401,7 +407,7 @@ def test_pconv_finetune_freezes_encoder_batch_norm_only():
     assert all(not n.training and not n.weight.requires_grad for n in encoder_norms)
     assert all(n.training and n.weight.requires_grad for n in decoder_norms)
     before = [n.running_mean.clone() for n in encoder_norms]
-    _, mask, damaged = damaged_batch(2, 32, seed=12)
+    _, mask, damaged = damaged_batch(2, model.resolution, seed=12)
     model(damaged, mask)["output"].square().mean().backward()
     assert all(torch.equal(b, n.running_mean) for b, n in zip(before, encoder_norms))
     assert all(n.weight.grad is None for n in encoder_norms)
@@ -410,7 +416,7 @@ def test_pconv_finetune_freezes_encoder_batch_norm_only():
 
 
 def test_rfr_finetune_uses_running_statistics_everywhere():
-    model = build("rfr", 32).train()
+    model = build("rfr").train()
     model.set_finetune(True)
     model.train()
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -443,17 +449,15 @@ def one_step(kind: str, resolution: int, width: int, recurrences: int, batch: in
 
 
 @pytest.mark.parametrize("kind", ["pconv", "rfr"])
-@pytest.mark.parametrize("resolution", [32, 64])
-def test_one_optimiser_step_at_profile_resolutions(kind, resolution):
-    width, recurrences = PROFILES[resolution]
-    one_step(kind, resolution, width, recurrences, batch=2 if resolution == 32 else 1)
+@pytest.mark.parametrize("profile", ["smoke", "cpu"])
+def test_one_optimiser_step_at_profile_resolutions(kind, profile):
+    one_step(kind, *profile_widths(profile, kind), batch=2 if profile == "smoke" else 1)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pconv", "rfr"])
 def test_one_optimiser_step_at_paper_resolution(kind):
-    width, recurrences = PROFILES[256]
-    one_step(kind, 256, width, recurrences, batch=1)
+    one_step(kind, *profile_widths("paper", kind), batch=1)
 
 
 def test_vgg16_perceptual_layers_of_the_baselines_are_pool1_to_pool3():

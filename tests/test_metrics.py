@@ -10,6 +10,7 @@ import scipy.stats
 import torch
 from skimage.metrics import structural_similarity
 
+from faceinpaint.classical import BiharmonicInpainter, inpaint_biharmonic_batch
 from faceinpaint.metrics import (
     AREA_BIN_LABELS,
     DOES_NOT_HOLD,
@@ -17,12 +18,10 @@ from faceinpaint.metrics import (
     IDENTITY_NETWORK,
     INCONCLUSIVE,
     SSIM_SETTINGS,
-    BiharmonicInpainter,
     area_bin,
     bootstrap_counts,
     fd_bootstrap_distribution,
     frechet_distance,
-    inpaint_biharmonic_batch,
     paired_bootstrap,
     paired_interval_fd,
     half_sample_counts,
@@ -312,11 +311,13 @@ def _suite_inputs():
     """Four real test photos at 64x64 with their evaluation squares, two with an irregular mask."""
     from pathlib import Path
 
+    from faceinpaint.config import load_config
     from faceinpaint.data import load_face, to_tensor_image
     from faceinpaint.masks import load_mask_file, square_masks
 
+    crop_box = load_config().data.crop_box
     files = sorted(Path("data/celeba/test").glob("celeb_1*/*.jpg"))[:4]
-    original = torch.stack([to_tensor_image(load_face(f, (19, 59, 159, 199), 64)) for f in files])  # params crop_box
+    original = torch.stack([to_tensor_image(load_face(f, crop_box, 64)) for f in files])
     ids = [f"{f.parent.name}/{f.name}" for f in files]
     square_mask = torch.from_numpy(square_masks(64)).float()[:4, None]  # image i has square i % 10
     irregular = load_mask_file("data/masks/irregular/04000.png", 64)
@@ -325,12 +326,11 @@ def _suite_inputs():
 
 
 def _identity_embedder():
+    from faceinpaint.config import load_config
+    from faceinpaint.data import identity_box_fraction
     from faceinpaint.pretrained import IdentityEmbedder, load_face_recognition
 
-    crop, identity = (19, 59, 159, 199), (33, 80, 145, 192)  # params.yaml data boxes, source pixels
-    side = crop[2] - crop[0]
-    box = tuple((identity[k] - crop[k % 2]) / side for k in range(4))
-    return IdentityEmbedder(load_face_recognition(), box)
+    return IdentityEmbedder(load_face_recognition(), identity_box_fraction(load_config()))
 
 
 def _check_suite(fid, tmp_path):
@@ -338,7 +338,7 @@ def _check_suite(fid, tmp_path):
     evaluate stage writes the report reads back."""
     from faceinpaint.metrics import MetricSuite, _ResampledFrechet, metric_key
     from faceinpaint.pretrained import lpips_metric
-    from faceinpaint.report import figure_sample_indices, load_eval_dir, samples_from_batch, write_eval_outputs
+    from faceinpaint.evalformat import figure_sample_indices, load_eval_dir, samples_from_batch, write_eval_outputs
 
     original, ids, square_mask, irregular_mask = _suite_inputs()
     lpips_net, embedder = lpips_metric("efficientnet_lite0"), _identity_embedder()

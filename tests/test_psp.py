@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from faceinpaint.config import StructureLoss
+from faceinpaint.config import StructureLoss, load_config
 from faceinpaint.psp import (
     INPUT_CHANNELS,
     IR_DEPTHS,
@@ -385,21 +385,34 @@ def test_latent_avg_shapes_and_mismatch() -> None:
         StructureReconstructor(wrong, generator, torch.randn(16))
 
 
+def profile_reconstructor(profile: str) -> tuple[StructureReconstructor, int]:
+    """The structure reconstructor of a params.yaml profile (its encoder into its StyleGAN2,
+    random weights) and the profile's structure batch size."""
+    cfg = load_config(profile=profile)
+    g, s = cfg.stylegan, cfg.structure
+    torch.manual_seed(0)
+    generator = Generator(cfg.resolution, style_dim=g.style_dim, n_mlp=g.n_mlp,
+                          channel_multiplier=g.channel_multiplier, channel_max=g.channel_max)
+    model = build_structure_reconstructor(generator, generator.mean_latent(256), cfg.resolution,
+                                          s.backbone_blocks, s.backbone_widths).train()
+    assert model.encoder.n_styles == n_styles(cfg.resolution) == generator.n_latent
+    assert [len(stage) for stage in model.encoder.backbone.stages] == list(s.backbone_blocks)
+    return model, s.batch_size
+
+
 @pytest.mark.slow
 def test_paper_profile_one_step() -> None:
-    """pSp as in the paper: IR-SE50, 256x256 input, 14 styles into a 256 StyleGAN2 (config F)."""
-    torch.manual_seed(0)
-    generator = Generator(256)
-    model = build_structure_reconstructor(generator, generator.mean_latent(256), 256).train()
-    assert model.encoder.n_styles == 14 == generator.n_latent
-    assert [len(s) for s in model.encoder.backbone.stages] == [3, 4, 14, 3]
+    """pSp as in the paper profile (IR-SE50, 256x256 input, 14 styles into a 256 StyleGAN2,
+    config F): one optimiser step with every loss term, the generator untouched."""
+    model, batch = profile_reconstructor("paper")
+    size, styles, style_dim = model.encoder.input_size, model.encoder.n_styles, model.encoder.style_dim
     optimiser = torch.optim.Adam(model.encoder.parameters(), lr=1e-3)
-    image = torch.rand(2, 3, 256, 256) * 2 - 1
-    mask = square_masks(2, 256)
+    image = torch.rand(batch, 3, size, size) * 2 - 1
+    mask = square_masks(batch, size)
     generator_before = {k: v.clone() for k, v in model.generator.state_dict().items()}
     out = model(image * (1 - mask), mask)
-    assert out["output"].shape == (2, 3, 256, 256) and out["codes"].shape == (2, 14, 512)
-    loss = structure_loss(out["output"], image, mask, FixedConvDistance(), FixedEmbedder(3 * 256 * 256))
+    assert out["output"].shape == (batch, 3, size, size) and out["codes"].shape == (batch, styles, style_dim)
+    loss = structure_loss(out["output"], image, mask, FixedConvDistance(), FixedEmbedder(3 * size * size))
     optimiser.zero_grad()
     loss["total"].backward()
     optimiser.step()
@@ -409,16 +422,14 @@ def test_paper_profile_one_step() -> None:
 
 @pytest.mark.benchmark
 def test_bench_cpu_profile_step(benchmark) -> None:
-    """One training step of the cpu profile (64x64, batch 8): its encoder (IR-SE, blocks
-    2, 2, 3, 2, widths 32, 64, 96, 128) into the cpu profile's frozen StyleGAN2 (style_dim 256,
-    width cap 128); L2 + hole + valid only, so the time is the reconstructor's own."""
-    torch.manual_seed(0)
-    generator = Generator(64, style_dim=256, n_mlp=4, channel_multiplier=1, channel_max=128)
-    model = build_structure_reconstructor(generator, generator.mean_latent(256), 64,
-                                          (2, 2, 3, 2), (32, 64, 96, 128)).train()
+    """One training step of the cpu profile (its resolution, structure batch size, encoder
+    blocks and widths, and frozen StyleGAN2, all read from params.yaml); L2 + hole + valid
+    only, so the time is the reconstructor's own."""
+    model, batch = profile_reconstructor("cpu")
+    size = model.encoder.input_size
     optimiser = torch.optim.Adam(model.encoder.parameters(), lr=1e-3)
-    image = torch.rand(8, 3, 64, 64) * 2 - 1
-    mask = square_masks(8, 64)
+    image = torch.rand(batch, 3, size, size) * 2 - 1
+    mask = square_masks(batch, size)
 
     def step() -> None:
         out = model(image * (1 - mask), mask)

@@ -12,13 +12,43 @@ import yaml
 from PIL import Image
 
 from conftest import ROOT, require_data
-from faceinpaint.config import parse_params
-from faceinpaint.data import TrainingDataset
+from faceinpaint.config import MIN_RESOLUTION, parse_params
+from faceinpaint.data import TrainingDataset, load_face
 from faceinpaint.inference import InpaintError, inpaint_file
 from faceinpaint.recipes import ModelMissingError, export_model, load_inpainter, make_recipe
 from faceinpaint.training import make_ema
 
 ORDER = ("stylegan", "structure", "full", "variant1", "variant2", "pconv", "rfr")
+
+
+def photos(cfg, n: int) -> np.ndarray:
+    """The first ``n`` real training photos, cropped and resized as params.yaml says."""
+    files = sorted((ROOT / "data/celeba/train").glob("celeb_1*/*.jpg"))[:n]
+    return np.stack([load_face(f, cfg.data.crop_box, cfg.resolution) for f in files])
+
+
+def one_step_each(cfg) -> tuple[dict, dict]:
+    """Every trained model in ORDER, in the current folder: built, one real training step on
+    four real photos with square and irregular masks, exported to ``artifacts/models`` (the
+    structure and texture models load their upstream from there). Returns (batch, losses)."""
+    res = cfg.resolution
+    rng = np.random.default_rng(0)
+    dataset = TrainingDataset(photos(cfg, 8), (rng.random((4, res, res)) < 0.2).astype(np.uint8), seed=0, irregular_prob=0.5)
+    batch = {k: torch.stack([dataset[i][k] for i in range(4)]) for k in ("image", "mask")}
+    losses = {}
+    torch.manual_seed(0)
+    for name in ORDER:
+        recipe = make_recipe(cfg, name)
+        modules = recipe.build(torch.device("cpu"))
+        for ema_name, spec in recipe.ema.items():
+            modules[ema_name] = make_ema(modules[spec.source])
+        frozen_before = {k: v.clone() for k, v in modules["reconstructor"].generator.state_dict().items()} if name == "structure" else None
+        losses[name] = {k: float(v) for k, v in recipe.train_step(modules, recipe.optimizers(modules), batch, 0).items()}
+        if frozen_before is not None:
+            after = modules["reconstructor"].generator.state_dict()
+            losses["structure_generator_unchanged"] = all(torch.equal(frozen_before[k], after[k]) for k in after)
+        export_model(cfg, recipe, modules, Path("artifacts/models") / name)
+    return batch, losses
 
 
 @pytest.fixture(scope="module")
@@ -35,24 +65,7 @@ def workdir(tmp_path_factory):
     old = os.getcwd()
     os.chdir(work)
     try:
-        rng = np.random.default_rng(0)
-        files = sorted((ROOT / "data/celeba/train").glob("celeb_1*/*.jpg"))[:8]
-        images = np.stack([np.asarray(Image.open(f).convert("RGB").crop((19, 59, 159, 199)).resize((32, 32), Image.LANCZOS)) for f in files])
-        dataset = TrainingDataset(images, (rng.random((4, 32, 32)) < 0.2).astype(np.uint8), seed=0, irregular_prob=0.5)
-        batch = {k: torch.stack([dataset[i][k] for i in range(4)]) if k != "index" else None for k in ("image", "mask")}
-        losses = {}
-        torch.manual_seed(0)
-        for name in ORDER:
-            recipe = make_recipe(cfg, name)
-            modules = recipe.build(torch.device("cpu"))
-            for ema_name, spec in recipe.ema.items():
-                modules[ema_name] = make_ema(modules[spec.source])
-            frozen_before = {k: v.clone() for k, v in modules["reconstructor"].generator.state_dict().items()} if name == "structure" else None
-            losses[name] = {k: float(v) for k, v in recipe.train_step(modules, recipe.optimizers(modules), batch, 0).items()}
-            if frozen_before is not None:
-                after = modules["reconstructor"].generator.state_dict()
-                losses["structure_generator_unchanged"] = all(torch.equal(frozen_before[k], after[k]) for k in after)
-            export_model(cfg, recipe, modules, Path("artifacts/models") / name)
+        batch, losses = one_step_each(cfg)
         yield work, cfg, batch, losses
     finally:
         os.chdir(old)
@@ -104,8 +117,10 @@ def test_variant1_and_baselines_ignore_hole_content(in_workdir):
 def test_untrained_model_is_a_clear_error(in_workdir, tmp_path):
     _, cfg, _, _ = in_workdir
     raw = cfg.params.model_dump(mode="json")
-    raw["profile"] = "cpu"  # models in the work dir were made at 32x32
-    with pytest.raises(ModelMissingError, match="trained at 32x32.*64x64"):
+    raw["profile"] = "cpu"  # models in the work dir were made at the smoke resolution
+    trained, wanted = cfg.resolution, parse_params(raw).resolution
+    assert trained != wanted
+    with pytest.raises(ModelMissingError, match=f"trained at {trained}x{trained}.*{wanted}x{wanted}"):
         load_inpainter(parse_params(raw), "full")
     model = Path("artifacts/models/rfr/model.pt")
     saved = model.read_bytes()
@@ -155,3 +170,48 @@ def test_inpaint_command_inputs(in_workdir, tmp_path):
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".never")]
     finally:
         Path("artifacts/models/pconv/model.bak").rename("artifacts/models/pconv/model.pt")
+
+
+# ------------------------------------------------------------------ smallest resolution
+
+
+def test_every_model_trains_a_step_at_the_smallest_resolution_the_config_accepts(tmp_path, monkeypatch):
+    """config.MIN_RESOLUTION with tiny widths: every model builds, takes a finite training step
+    and exports (the structure and texture models on their upstream)."""
+    require_data()
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["profile"] = "smoke"
+    profile = raw["profiles"]["smoke"]
+    profile["resolution"] = MIN_RESOLUTION
+    profile["stylegan"].update(style_dim=16, n_mlp=1, channel_multiplier=1, channel_max=16)
+    profile["structure"].update(backbone_blocks=[1, 1, 1, 1], backbone_widths=[8, 8, 16, 16])
+    profile["texture"].update(base_width=4, max_width=8, critic_width=4)
+    profile["pconv"].update(base_width=4)
+    profile["rfr"].update(base_width=8, recurrences=1)
+    cfg = parse_params(raw)
+    (tmp_path / "data").symlink_to(ROOT / "data")
+    monkeypatch.chdir(tmp_path)
+    batch, losses = one_step_each(cfg)
+    assert batch["image"].shape[-1] == MIN_RESOLUTION
+    image, mask = batch["image"], batch["mask"]
+    for name in ORDER:
+        assert losses[name] and all(math.isfinite(v) for v in losses[name].values()), (name, losses[name])
+        if name != "stylegan":  # every other one inpaints from its exported file
+            with torch.no_grad():
+                composite = load_inpainter(cfg, name)(image * (1 - mask), mask)["composite"]
+            assert composite.shape == image.shape and torch.isfinite(composite).all(), name
+
+
+def test_the_smallest_resolution_is_where_psp_and_rfr_stop():
+    """Half of MIN_RESOLUTION (which the config refuses, tests/test_config.py) is too small for
+    the pSp encoder (its coarsest pyramid map would be 1x1) and for RFR (attention map 2x2)."""
+    from baselines.rfr import RFRInpainter
+    from faceinpaint.psp import GradualStyleEncoder, n_styles
+
+    half = MIN_RESOLUTION // 2
+    with pytest.raises(ValueError, match=f"input_size must be a power of two >= {MIN_RESOLUTION}"):
+        GradualStyleEncoder(half, n_styles(half), 16, (1, 1, 1, 1), (8, 8, 16, 16))
+    with pytest.raises(ValueError, match=f"at least {MIN_RESOLUTION}"):
+        RFRInpainter(half, 8, 1)
+    GradualStyleEncoder(MIN_RESOLUTION, n_styles(MIN_RESOLUTION), 16, (1, 1, 1, 1), (8, 8, 16, 16))
+    RFRInpainter(MIN_RESOLUTION, 8, 1)

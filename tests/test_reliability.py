@@ -16,6 +16,8 @@ import torch
 import yaml
 
 from conftest import ROOT, require_data
+from faceinpaint.checkpoint import read_checkpoint
+from faceinpaint.data import to_tensor_image
 
 CLI = [sys.executable, "-m", "faceinpaint.cli"]
 
@@ -69,6 +71,7 @@ def test_same_seed_twice_gives_identical_metrics(tmp_path, prepared):
     for name in ("a", "b"):
         project = project_with_data(tmp_path / name, prepared, max_steps=12)
         run(project, "train", "pconv")
+        run(project, "test-features")
         run(project, "evaluate", "pconv")
         results.append(((project / "reports/metrics/eval_pconv.json").read_bytes(), model_state(project)))
     assert results[0][0] == results[1][0]  # the metrics file, byte for byte
@@ -76,35 +79,80 @@ def test_same_seed_twice_gives_identical_metrics(tmp_path, prepared):
     assert json.loads(results[0][0])["psnr"] > 0
 
 
+# `faceinpaint train ...` with one hook: when ``train_step`` is called for the step after the
+# first N (N steps done, with every log line and checkpoint they wrote), it writes a marker file
+# and sleeps; the test then kills it. The run's numerics are those of the plain CLI.
+PAUSING_CLI = """
+import sys, time
+from pathlib import Path
+
+import faceinpaint.training as training
+from faceinpaint.cli import cli
+
+pause_after, marker = int(sys.argv[1]), Path(sys.argv[2])
+real_train = training.train
+
+def train(recipe, *args, **kwargs):
+    real_step = recipe.train_step
+
+    def train_step(modules, optimizers, batch, step):
+        if step == pause_after:
+            marker.write_text(str(step))
+            time.sleep(3600)
+        return real_step(modules, optimizers, batch, step)
+
+    recipe.train_step = train_step
+    return real_train(recipe, *args, **kwargs)
+
+training.train = train
+cli(sys.argv[3:], prog_name="faceinpaint")
+"""
+
+
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path, prepared):
-    budget = dict(max_steps=60, checkpoint_every=5, log_every=5, sample_every=1000)
+    """Killed (SIGKILL) at a known point, paused after step 17 of 20: checkpoints of steps 5,
+    10 and 15 were written (15 with an open loss window, steps 13-15), and step 16's log line
+    after the last of them. Re-running resumes from step 15, drops that line, and ends with the
+    weights and stats.jsonl of an uninterrupted run. Never skipped: the pause makes the kill
+    land before the end on any machine."""
+    budget = dict(max_steps=20, checkpoint_every=5, log_every=4, sample_every=1000)
+    pause_after, last_checkpoint = 17, 15
     reference = project_with_data(tmp_path / "reference", prepared, **budget)
     run(reference, "train", "pconv")
 
     crashed = project_with_data(tmp_path / "crashed", prepared, **budget)
+    marker = tmp_path / "paused"
     env = dict(os.environ, FACEINPAINT_MLFLOW="0", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([*CLI, "train", "pconv"], cwd=crashed, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
+    log_file = tmp_path / "crashed.log"
+    with open(log_file, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-c", PAUSING_CLI, str(pause_after), str(marker), "train", "pconv"],
+                                cwd=crashed, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            progress = list((crashed / "artifacts/models/pconv/runs").glob("*/checkpoints/previous.pt"))
-            if progress:  # at least two checkpoints written: kill somewhere in the middle
-                proc.send_signal(signal.SIGKILL)
-                break
+        deadline = time.monotonic() + 600
+        while not marker.exists():
+            assert proc.poll() is None, f"training ended before the pause (rc {proc.returncode}):\n{log_file.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "timed out waiting for the training to reach the pause"
             time.sleep(0.05)
-    finally:
+        proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before it could be killed (machine too fast for this budget)")
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
+    assert marker.read_text() == str(pause_after)
     assert not (crashed / "artifacts/models/pconv/model.pt").exists()
+    (run_dir,) = (crashed / "artifacts/models/pconv/runs").iterdir()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest.pt", "previous.pt"]
+    assert read_checkpoint(run_dir / "checkpoints/latest.pt")["step"] == last_checkpoint
+    logged = [json.loads(line)["step"] for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert logged == [4, 8, 12, 16]  # step 16's line came after the last checkpoint: the resume drops it
 
     out = run(crashed, "train", "pconv")
-    assert "60 steps" in out.stdout
+    assert "20 steps" in out.stdout
+    assert progress(crashed, "pconv")["resumed_from_step"] == last_checkpoint
     assert same_state(model_state(crashed), model_state(reference))
     ref_stats = next((reference / "artifacts/models/pconv/runs").glob("*/stats.jsonl")).read_text()
-    got_stats = next((crashed / "artifacts/models/pconv/runs").glob("*/stats.jsonl")).read_text()
+    got_stats = (run_dir / "stats.jsonl").read_text()
     assert got_stats == ref_stats
 
 
@@ -198,9 +246,8 @@ def test_smoke_structure_stage_beats_a_mean_colour_fill_on_held_out_holes(tmp_pa
     run(project, "train", "structure")
     monkeypatch.chdir(project)
     cfg = load_config("params.yaml")
-    to_unit = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float().div(127.5).sub(1)  # noqa: E731
     train = np.load(prepared / "train_images.npy")
-    test = to_unit(np.load(prepared / "test_images.npy"))
+    test = to_tensor_image(np.load(prepared / "test_images.npy"))
     squares = torch.from_numpy(square_masks(cfg.resolution, cfg.masks.square_min_frac, cfg.masks.square_max_frac))
     mask = squares[torch.arange(len(test)) % len(squares)][:, None].float()  # test image i: square i mod 10
     with torch.no_grad():

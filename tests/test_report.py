@@ -1,4 +1,5 @@
-"""faceinpaint.report on a synthetic evaluation tree where one model is clearly better."""
+"""faceinpaint.report (and the evaluation format, tables, claims and figures it assembles) on a
+synthetic evaluation tree where one model is clearly better."""
 
 from __future__ import annotations
 
@@ -18,18 +19,15 @@ from faceinpaint.metrics import (
     frechet_distance,
     metric_key,
 )
-from faceinpaint.report import (
-    FIGURE_GAP_PX,
-    FIGURE_HEADER_PX,
-    FIGURE_PANEL_MIN_PX,
+from faceinpaint.evalformat import (
     EvalFormatError,
-    build_report,
-    figure_canvas_size,
     figure_sample_indices,
     load_eval_dir,
     samples_from_batch,
     write_eval_outputs,
 )
+from faceinpaint.figures import FIGURE_GAP_PX, FIGURE_HEADER_PX, FIGURE_PANEL_MIN_PX, figure_canvas_size
+from faceinpaint.report import build_report
 
 N_SQUARE, N_IRREGULAR_PER_BIN, D, K, SIZE = 40, 2, 6, 3, 16
 BACKBONES = {"fd": "efficientnet_lite0-pool", "lpips": "lpips-efficientnet_lite0-unitweights", "id": IDENTITY_NETWORK}
@@ -287,7 +285,7 @@ def test_samples_and_their_indices():
 
 
 def test_loss_curves_png_draws_every_training_csv(tmp_path):
-    from faceinpaint.report import FIGURE_DPI, plot_loss_curves
+    from faceinpaint.figures import FIGURE_DPI, plot_loss_curves
 
     plots = tmp_path / "plots"
     plots.mkdir()
@@ -305,7 +303,8 @@ def test_loss_curves_png_draws_every_training_csv(tmp_path):
 
 
 def test_learning_curves_draw_each_inpainter_and_biharmonic_on_the_curve_images(report, tmp_path):
-    from faceinpaint.report import classical_on_curve_subset, load_eval_dir, plot_learning_curves, plot_prior_curve
+    from faceinpaint.evalformat import classical_on_curve_subset
+    from faceinpaint.figures import plot_learning_curves, plot_prior_curve
 
     root, _, _ = report
     classical = load_eval_dir(root / "biharmonic", "inpaint_biharmonic")
@@ -352,3 +351,117 @@ def test_report_page_holds_every_table_verbatim_and_the_budgets_of_the_evaluatio
 
     for _, name in PAGE_FIGURES:
         assert (f"]({name})" in page) == (out / name).is_file()
+
+
+def test_report_page_lists_every_deviation_with_its_reason(report):
+    import importlib
+
+    from faceinpaint.deviations import DEVIATIONS
+
+    _, _, written = report
+    page = written["README.md"].read_text()
+    section = page.split("\n## Deviations from the paper\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| |")]
+    assert len(rows) == len(DEVIATIONS) and len({d.topic for d in DEVIATIONS}) == len(DEVIATIONS)
+    for i, (row, d) in enumerate(zip(rows, DEVIATIONS), start=1):
+        assert all("|" not in text and "\n" not in text and text.strip() for text in (d.topic, d.here, d.reason, d.where))
+        assert row == f"| {i} | {d.topic} | {d.here} | {d.reason} | `{d.where}` |"
+        module, _, attribute = d.where.partition(":")  # the code it names exists
+        assert getattr(importlib.import_module(module), attribute) if attribute else importlib.import_module(module)
+
+
+def _measured_levels(resolution: int, base_width: int, max_width: int, attention_levels, monkeypatch) -> list[dict]:
+    """One forward pass of a texture generator on one image with a square hole: each encoder
+    level's stride, map and channels from forward hooks, and which ACM level's scores fill which
+    map, from the tensors the ACM and ATN are called with (identity, not shape)."""
+    from faceinpaint import texture
+
+    gen = texture.TextureGenerator(resolution, base_width, max_width, attention_levels)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hooks = [conv.register_forward_hook(lambda module, args, out: seen.append((args[0], out))) for conv in gen.encoder]
+    level_of = lambda t: next(k for k, (_, out) in enumerate(seen, start=1) if out is t)  # noqa: E731
+    scored: dict[int, int] = {}  # id of the AttentionScores -> level it was computed on
+    filled: dict[int, int] = {}  # target level -> score level
+    compute, transfer = texture.compute_attention, texture.transfer_attention
+
+    def spy_compute(features, holes, *args):
+        out = compute(features, holes, *args)
+        scored[id(out)] = level_of(features)
+        return out
+
+    def spy_transfer(features, attention, holes):
+        filled[level_of(features)] = scored[id(attention)]
+        return transfer(features, attention, holes)
+
+    mask = torch.zeros(1, 1, resolution, resolution)
+    mask[..., resolution // 4: resolution // 2, resolution // 4: resolution // 2] = 1
+    with monkeypatch.context() as patch, torch.no_grad():
+        patch.setattr(texture, "compute_attention", spy_compute)
+        patch.setattr(texture, "transfer_attention", spy_transfer)
+        gen(torch.zeros(1, 3, resolution, resolution), mask)
+    for h in hooks:
+        h.remove()
+    levels = []
+    for level, (x, out) in enumerate(seen, start=1):
+        _, channels, height, width = out.shape
+        role = (f"filled with s^{filled[level]}" if level in filled else
+                f"ACM: s^{level}, fills level{'s' if list(filled.values()).count(level) > 1 else ''} "
+                + ", ".join(str(t) for t, s in filled.items() if s == level) if level in filled.values() else "—")
+        levels.append({"stride": x.shape[-1] // width, "map": f"{height}x{width}", "channels": channels,
+                       "cell": f"{resolution // height}x{resolution // width} px", "role": role})
+    return levels
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
+def test_texture_level_table_is_what_the_generator_computes(tmp_path, monkeypatch, profile):
+    """PAPER.md sec. 6a: the page states the level sizes of the profile; they equal the shapes of
+    one forward pass at the profile's resolution and widths, for every attention setting."""
+    from conftest import ROOT
+    from faceinpaint.config import load_config
+    from faceinpaint.models import MODELS, TEXTURE_MODELS
+
+    cfg = load_config(ROOT / "params.yaml", profile)
+    res, widths = cfg.resolution, (cfg.texture.base_width, cfg.texture.max_width)
+    written = build_report(tmp_path / "eval", tmp_path / "reports", n_bootstrap=10, n_bootstrap_fd=10,
+                           profile=profile, resolution=res, texture_widths=widths)
+    section = written["README.md"].read_text().split("\n## Texture generator levels\n", 1)[1].split("\n## ", 1)[0]
+    header, _, *rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("|")]
+    assert f"at {res}x{res}" in section and len(rows) == 6
+    for model in TEXTURE_MODELS:
+        measured = _measured_levels(res, *widths, MODELS[model].extras["attention_levels"], monkeypatch)
+        column = next(k for k, name in enumerate(header) if MODELS[model].display in name.split("Attention: ")[-1].split(" / "))
+        assert len(measured) == len(rows)
+        for level, (row, m) in enumerate(zip(rows, measured), start=1):
+            assert row[:5] == [str(level), str(m["stride"]), m["map"], str(m["channels"]), m["cell"]], (model, level)
+            assert row[column] == m["role"], (model, level)
+    if profile != "paper":  # PAPER.md sec. 6a: below 256, levels 4-6 stay at least 4x4
+        assert all(int(row[2].split("x")[0]) >= 4 for row in rows[3:])
+
+
+def test_claims_against_budget_count_the_comparisons_won_at_each_shared_budget():
+    from faceinpaint.claims import verdicts_by_budget, verdicts_by_budget_markdown
+
+    def curve(budgets, psnr, ssim, fd):
+        return pd.DataFrame({"images_seen": budgets, "step": [b // 8 for b in budgets], "psnr": psnr, "ssim": ssim,
+                             "fd_efficientnet_lite0-pool": fd, "fd_faceapi-resnet29": [0.01] * len(budgets)})
+
+    curves = {
+        "Variant 1": curve([2000, 4000, 8000], [30.0, 31.0, 32.0], [0.90, 0.92, 0.93], [9.0, 6.0, 5.0]),
+        # 2k: wins all three (FD lower is better); 4k: PSNR only; 8k: no point
+        "Variant 2": curve([2000, 4000], [30.5, 31.5], [0.91, 0.91], [8.0, 7.0]),
+        "Ours": curve([2000], [29.0], [0.89], [10.0]),
+        "PConv": curve([2000], [31.0], [0.95], [3.0]),
+    }
+    classical = {"psnr": 30.2, "ssim": 0.905, "fd": 4.0}
+    frame = verdicts_by_budget(curves, classical)
+    assert frame["images_seen"].tolist() == [2000, 4000, 8000]
+    by = frame.set_index("images_seen")
+    assert by.loc[2000, "C2"] == "ahead 3/3" and by.loc[4000, "C2"] == "mixed 1/3" and by.loc[8000, "C2"] == "not run"
+    assert by.loc[2000, "C3"] == "behind 0/3"  # Ours loses to Variant 2 on all three
+    assert by.loc[2000, "C1"] == "not run"  # RFR has no curve
+    # 2k: Variant 1 (below on both), Variant 2 (above on both), Ours (below), PConv (above) -> 4 of 8
+    assert by.loc[2000, "Check"] == "mixed 4/8 (Variant 1, Variant 2, Ours, PConv)"
+    assert by.loc[8000, "Check"] == "ahead 2/2 (Variant 1)"  # 32.0 > 30.2 and 0.93 > 0.905
+    page = verdicts_by_budget_markdown(frame, 200)
+    assert "| 2.0k | not run | ahead 3/3 | behind 0/3 |" in page and "first 200 test images" in page
+    assert verdicts_by_budget_markdown(verdicts_by_budget({}, classical), 200).endswith("No learning-curve points yet.\n")

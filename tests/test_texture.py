@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from faceinpaint.config import load_config
 from faceinpaint.texture import (
     GatedConv2d,
     MultiLevelAttention,
@@ -150,7 +151,7 @@ def test_attention_matches_loop_reference(levels, batch, kind):
 
 @pytest.mark.parametrize("levels", [FULL, SINGLE], ids=["levels456", "level6"])
 def test_attention_matches_reference_at_generator_geometry(levels):
-    """The cpu profile's level sizes (64, 64, 32, 16, 8, 4) and the paper's square masks."""
+    """A 64x64 generator's level sizes (64, 64, 32, 16, 8, 4) and two square masks."""
     gen = torch.Generator().manual_seed(7)
     sizes = level_sizes(64)
     maps = random_maps(2, sizes, (4, 4, 6, 8, 8, 8), gen)
@@ -389,10 +390,13 @@ def test_texture_generator_loss_terms(perceptual_net):
     torch.testing.assert_close(losses["total"], 10 * perceptual + adversarial + 100 * l1)
 
 
-def optimiser_step(resolution: int, base_width: int, max_width: int, critic_width: int,
-                   perceptual_net: nn.Module, levels: tuple[int, ...]) -> None:
-    """One critic step and one generator step with Adam (lr 1e-4, paper sec. 5): every
-    parameter that should learn moves, the losses are finite."""
+def optimiser_step(profile: str, perceptual_net: nn.Module, levels: tuple[int, ...]) -> None:
+    """One critic step and one generator step with Adam (lr 1e-4, paper sec. 5) at a params.yaml
+    profile's resolution and texture widths: every parameter that should learn moves, the
+    losses are finite."""
+    cfg = load_config(profile=profile)
+    resolution, p = cfg.resolution, cfg.texture
+    base_width, max_width, critic_width = p.base_width, p.max_width, p.critic_width
     torch.manual_seed(0)
     generator = TextureGenerator(resolution, base_width, max_width, levels)
     critic = TextureCritic(resolution, critic_width)
@@ -420,14 +424,13 @@ def optimiser_step(resolution: int, base_width: int, max_width: int, critic_widt
     assert all(not torch.equal(a, b) for a, b in zip(d_before, critic.parameters()))
 
 
-@pytest.mark.parametrize("resolution, base_width, max_width, critic_width",
-                         [(32, 8, 32, 8), (64, 16, 128, 32)], ids=["smoke32", "cpu64"])
-def test_optimiser_step_small(resolution, base_width, max_width, critic_width, perceptual_net):
-    optimiser_step(resolution, base_width, max_width, critic_width, perceptual_net, FULL)
+@pytest.mark.parametrize("profile", ["smoke", "cpu"])
+def test_optimiser_step_small(profile, perceptual_net):
+    optimiser_step(profile, perceptual_net, FULL)
 
 
 @pytest.mark.slow
 def test_optimiser_step_paper_256(perceptual_net):
     start = time.perf_counter()
-    optimiser_step(256, 32, 256, 64, perceptual_net, FULL)
-    print(f"256x256 paper widths: one critic + generator step in {time.perf_counter() - start:.1f} s")
+    optimiser_step("paper", perceptual_net, FULL)
+    print(f"paper profile widths: one critic + generator step in {time.perf_counter() - start:.1f} s")

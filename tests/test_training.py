@@ -34,13 +34,14 @@ from torch import nn
 
 from faceinpaint import checkpoint as ckpt
 from faceinpaint import tracking
-from faceinpaint.data import TrainingDataset, load_face
+from faceinpaint.config import load_config
+from faceinpaint.data import TrainingDataset, load_face, to_tensor_image
 from faceinpaint.training import (EmaSpec, NonFiniteLossError, Recipe, TrainingInterrupted, make_ema, train,
                                   update_ema)
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_PHOTOS = ROOT / "data" / "celeba" / "train"
-CROP_BOX = (19, 59, 159, 199)  # params.yaml data.crop_box: the face square of an aligned CelebA photo
+CROP_BOX = load_config(ROOT / "params.yaml").data.crop_box  # the face square of an aligned CelebA photo
 STEPS = 20
 
 
@@ -502,7 +503,7 @@ class CurvedInpainter(MaskedL1Inpainter):
 
     def curve_point(self, modules):
         torch.rand(3), np.random.rand(), __import__("random").random()
-        images = torch.from_numpy(face_images()[-8:]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+        images = to_tensor_image(face_images()[-8:])
         mask = torch.zeros_like(images[:, :1])
         mask[..., 8:24, 8:24] = 1
         out = modules["net_ema"](torch.cat([images * (1 - mask), mask], 1))

@@ -76,6 +76,18 @@ def train(model: str, params: str, profile: str | None, device: str) -> None:
     click.echo(f"{model}: {metrics['steps']} steps, {metrics['images_seen']} images in {metrics['train_time_s']:.0f} s ({metrics['stopped_by']})")
 
 
+@cli.command("test-features")
+@params_option
+@profile_option
+@click.option("--device", default="cpu", show_default=True)
+def features_command(params: str, profile: str | None, device: str) -> None:
+    """FD features and identity embeddings of the original test images (every evaluation reads them)."""
+    from .evaluate import TEST_FEATURES_DIR, write_test_features
+
+    feats = write_test_features(_config(params, profile), TEST_FEATURES_DIR, device)
+    click.echo(f"wrote {TEST_FEATURES_DIR}: " + ", ".join(f"{k} {v} images" for k, v in feats.meta["sets"].items()))
+
+
 @cli.command()
 @click.argument("model", type=click.Choice(list(INPAINTERS)))
 @params_option
@@ -83,13 +95,13 @@ def train(model: str, params: str, profile: str | None, device: str) -> None:
 @click.option("--device", default="cpu", show_default=True)
 def evaluate(model: str, params: str, profile: str | None, device: str) -> None:
     """Evaluate MODEL on the test split (ten squares and irregular masks)."""
-    from .evaluate import run
+    from .evaluate import RealFeaturesError, run
     from .recipes import ModelMissingError
 
     cfg = _config(params, profile)
     try:
         s = run(cfg, model)
-    except ModelMissingError as err:
+    except (ModelMissingError, RealFeaturesError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"{model}: PSNR {s['psnr']:.3f}  SSIM {s['ssim']:.4f}  ID {s['id_sim']:.4f}  ({s['n_images']} images, square masks)")
 
@@ -107,7 +119,8 @@ def report(params: str, profile: str | None, eval_root: str, out: str, plots: st
     cfg = _config(params, profile)
     written = build_report(eval_root, out, n_bootstrap=cfg.evaluate.bootstrap, n_bootstrap_fd=cfg.evaluate.bootstrap_fd, seed=cfg.seed,
                            curve_images=cfg.evaluate.curve_images, profile=cfg.profile_name,
-                           plots_dir=plots)
+                           plots_dir=plots, resolution=cfg.resolution,
+                           texture_widths=(cfg.texture.base_width, cfg.texture.max_width))
     click.echo("wrote " + ", ".join(sorted(str(p) for p in written.values())))
 
 

@@ -8,7 +8,7 @@ and fails at load time, naming the key path, on unknown keys, wrong types or imp
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,10 +26,43 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _power_of_two(value: int, name: str) -> int:
-    if value < 8 or value & (value - 1):
-        raise ValueError(f"{name} must be a power of two >= 8, got {value}")
+MIN_RESOLUTION = 32
+"""Smallest image side at which every model of the suite builds and trains. Below it: the pSp
+encoder (structure stage, hence ``structure``, ``full``, ``variant2``) takes its coarse styles
+from a pyramid map of side resolution / 16, which its map2style heads need at least 2x2
+(``faceinpaint.psp.GradualStyleEncoder``); RFR's knowledge-consistent attention runs on a map of
+side resolution / 8, at least 4x4 (``baselines.rfr.MIN_RESOLUTION``). StyleGAN2, the texture
+models and PConv would build at 16."""
+MAX_RESOLUTION = 1024
+"""Largest side: StyleGAN2's channel table (``faceinpaint.stylegan2.channel_widths``) ends at 1024."""
+
+
+def check_resolution(value: int) -> int:
+    """The one check of the profile's image side, at load: a power of two in
+    ``MIN_RESOLUTION .. MAX_RESOLUTION``. The models' constructors guard only their own
+    structural limits (for callers that build them directly); every one of their ranges
+    contains this one."""
+    if not MIN_RESOLUTION <= value <= MAX_RESOLUTION or value & (value - 1):
+        raise ValueError(
+            f"resolution must be a power of two from {MIN_RESOLUTION} to {MAX_RESOLUTION}, got {value}: "
+            f"{MIN_RESOLUTION} is the smallest side every model trains at (the pSp encoder's coarsest "
+            f"pyramid map, resolution/16, must be at least 2x2, and RFR's attention map, resolution/8, "
+            f"at least 4x4), {MAX_RESOLUTION} the largest StyleGAN2 has channel widths for")
     return value
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings to one level with dotted keys: ``{"a": {"b": 1}, "c": [2]}`` ->
+    ``{"a.b": 1, "c": [2]}`` (leaves, lists included, unchanged; insertion order kept).
+    The one flattening helper: MLflow params here, metric files in :mod:`faceinpaint.regression`."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
 # ----------------------------------------------------------------------------------- common
@@ -247,7 +280,7 @@ class ProfileParams(_Strict):
     @field_validator("resolution")
     @classmethod
     def _res(cls, v: int) -> int:
-        return _power_of_two(v, "resolution")
+        return check_resolution(v)
 
 
 class ParamsFile(_Strict):
@@ -283,11 +316,6 @@ class Config:
             return getattr(params, name)
         return getattr(self.__dict__["profile"], name)
 
-    @property
-    def n_styles(self) -> int:
-        """pSp/StyleGAN2 style count n = 2 log2(res) - 2 (PAPER.md sec. 2)."""
-        return 2 * int(math.log2(self.resolution)) - 2
-
     def params_under(self, paths) -> dict[str, Any]:
         """The flattened keys (``a.b.c``, profile keys without ``profiles.<name>.``) that lie at
         or under any of ``paths``, e.g. ``("seed", "stylegan", "losses.structure")``."""
@@ -296,20 +324,8 @@ class Config:
 
     def as_flat_dict(self) -> dict[str, Any]:
         """Active configuration flattened to ``a.b.c`` keys (for MLflow params)."""
-        out: dict[str, Any] = {"profile": self.profile_name}
         common = self.params.model_dump(exclude={"profiles", "profile"})
-        _flatten(common, "", out)
-        _flatten(self.profile.model_dump(), "", out)
-        return out
-
-
-def _flatten(d: dict, prefix: str, out: dict) -> None:
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            _flatten(v, key + ".", out)
-        else:
-            out[key] = v
+        return {"profile": self.profile_name, **flatten(common), **flatten(self.profile.model_dump())}
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

@@ -172,12 +172,14 @@ def prepare(cfg: Config, out: Path = PREPARED_DIR, train_irregular_per_bin: int 
 
 
 def to_tensor_image(array: np.ndarray) -> torch.Tensor:
-    """``H x W x 3`` uint8 -> ``3 x H x W`` float in [-1, 1]."""
-    return torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+    """``(N x) H x W x 3`` uint8 -> ``(N x) 3 x H x W`` float32 in [-1, 1] (a copy: memory-mapped
+    arrays are read once). The one uint8 -> tensor conversion; :func:`to_uint8_image` the inverse."""
+    return torch.from_numpy(np.array(array, copy=True)).movedim(-1, -3).float().div_(127.5).sub_(1.0)
 
 
 def to_uint8_image(tensor: torch.Tensor) -> np.ndarray:
-    """``(N x) 3 x H x W`` in [-1, 1] -> ``(N x) H x W x 3`` uint8."""
+    """``(N x) 3 x H x W`` in [-1, 1] -> ``(N x) H x W x 3`` uint8 (clamped, rounded). The one
+    tensor -> uint8 conversion (:func:`faceinpaint.tracking.image_to_uint8` uses it)."""
     t = tensor.detach().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
     return t.movedim(-3, -1).cpu().numpy()
 

@@ -3,7 +3,7 @@
 Runs a trained model (or the classical biharmonic fill) on the prepared test split with the ten
 fixed squares (test image ``i`` with square ``i % 10``) and on the irregular evaluation masks
 (every area bin), scores each composite with :class:`faceinpaint.metrics.MetricSuite`, and writes
-``artifacts/eval/<model>/`` in the format of :mod:`faceinpaint.report` plus
+``artifacts/eval/<model>/`` in the format of :mod:`faceinpaint.evalformat` plus
 ``reports/metrics/eval_<model>.json`` for ``dvc metrics diff``.
 """
 
@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from .config import Config
 from .data import PREPARED_DIR, EvaluationDataset, PreparedData, identity_box_fraction
 from .models import INPAINTERS, training_stages
+from .pretrained.weights import sha256_of
 from .recipes import MODELS_DIR, load_inpainter
 
 log = logging.getLogger(__name__)
 EVAL_DIR = Path("artifacts/eval")
+TEST_FEATURES_DIR = Path("artifacts/test_features")
 
 # the training stages each evaluated model depends on (reported beside its numbers)
 UPSTREAM = {m: training_stages(m) for m in INPAINTERS}
@@ -77,33 +81,151 @@ class CurveEvaluator:
         return {k: v for k, v in summary.items() if isinstance(v, float)}
 
 
+def evaluation_sets(cfg: Config, prepared: PreparedData) -> tuple[dict[str, EvaluationDataset], list[int]]:
+    """The two test sets of every evaluation, in evaluation order: ``square`` (test image ``i``
+    with square ``i % 10``, the first ``evaluate.max_test_images`` images) and ``irregular``
+    (every irregular evaluation mask with its test image); plus the file number of each
+    irregular mask (its ``mask_id`` in the per-image rows)."""
+    test = prepared.images("test")
+    squares = EvaluationDataset.squares(test, prepared.square_masks(), cfg.evaluate.max_test_images)
+    irregular_masks, irregular_rows = prepared.irregular_eval()
+    mask_files = irregular_rows["file"].str.slice(0, 5).astype(int).tolist()
+    return {"square": squares, "irregular": EvaluationDataset.irregular(test, irregular_masks)}, mask_files
+
+
+class RealFeaturesError(RuntimeError):
+    """The stored real-image features do not belong to this evaluation (file, what differs)."""
+
+
+class RealFeatures:
+    """FD features and identity embeddings of the *original* test images of both evaluation
+    sets, the half of the metric suite's network work that is the same for every model.
+
+    The ``test_features`` stage computes them once (:meth:`compute`), batch by batch in the
+    evaluation's own batches (same sets, order and ``evaluate.batch_size``), so each batch's
+    values are bit for bit those the evaluation would compute inline; every evaluation then
+    reads them (:meth:`load`, :meth:`batch`) and runs the networks on its composites only.
+    """
+
+    FILE = "features.npz"
+    META = "meta.json"
+
+    def __init__(self, arrays: dict[str, np.ndarray], meta: dict):
+        self.arrays, self.meta = arrays, meta
+
+    @staticmethod
+    def expected_meta(cfg: Config, prepared: PreparedData, networks) -> dict:
+        from .metrics import IDENTITY_NETWORK
+
+        _, identity, fid = networks
+        sets, _ = evaluation_sets(cfg, prepared)
+        return json.loads(json.dumps({  # as stored: JSON types
+            "backbones": {"fd": fid.name, "id": getattr(identity, "name", IDENTITY_NETWORK)},
+            "batch_size": cfg.evaluate.batch_size,
+            "test_images_sha256": sha256_of(prepared.root / "test_images.npy"),
+            "identity_box": identity_box_fraction(cfg),
+            "sets": {k: len(v) for k, v in sets.items()},
+        }))
+
+    @classmethod
+    @torch.no_grad()
+    def compute(cls, cfg: Config, prepared: PreparedData, networks, device="cpu") -> "RealFeatures":
+        _, identity, fid = networks
+        sets, _ = evaluation_sets(cfg, prepared)
+        arrays: dict[str, np.ndarray] = {}
+        for mask_set, dataset in sets.items():
+            ids, fds, embs = [], [], []
+            for batch in _progress(DataLoader(dataset, batch_size=cfg.evaluate.batch_size, shuffle=False),
+                                   f"test features ({mask_set})"):
+                image = batch["image"].to(device)
+                ids.append(batch["index"].numpy())
+                fds.append(fid(image).cpu().numpy())
+                embs.append(identity(image).cpu().numpy())
+            arrays[f"{mask_set}_image"] = np.concatenate(ids).astype(np.int64)
+            arrays[f"{mask_set}_fd"] = np.concatenate(fds)
+            arrays[f"{mask_set}_id"] = np.concatenate(embs)
+        return cls(arrays, cls.expected_meta(cfg, prepared, networks))
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / self.FILE, **self.arrays)
+        (folder / self.META).write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path, expected: dict) -> "RealFeatures":
+        """Read ``folder`` and check it was computed for ``expected`` (:meth:`expected_meta`)."""
+        path = folder / cls.FILE
+        if not path.is_file() or not (folder / cls.META).is_file():
+            raise RealFeaturesError(f"{path}: missing (run `dvc repro test_features`)")
+        meta = json.loads((folder / cls.META).read_text())
+        for key, value in expected.items():
+            if meta.get(key) != value:
+                raise RealFeaturesError(f"{folder / cls.META}: {key} is {meta.get(key)!r}, this evaluation needs "
+                                        f"{value!r} (run `dvc repro test_features`)")
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}
+        return cls(arrays, meta)
+
+    def batch(self, mask_set: str, start: int, image_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(FD features, identity embeddings) of the originals of the batch at ``start``."""
+        stop = start + len(image_ids)
+        stored = self.arrays[f"{mask_set}_image"][start:stop]
+        if not np.array_equal(stored, image_ids.numpy()):
+            raise RealFeaturesError(f"{self.FILE}: {mask_set} images {start}..{stop - 1} are not this batch's "
+                                    "(evaluation order changed; run `dvc repro test_features`)")
+        return (torch.from_numpy(self.arrays[f"{mask_set}_fd"][start:stop]),
+                torch.from_numpy(self.arrays[f"{mask_set}_id"][start:stop]))
+
+
+def write_test_features(cfg: Config, out_dir: Path = TEST_FEATURES_DIR, device="cpu") -> RealFeatures:
+    """The ``test_features`` stage."""
+    started = time.monotonic()
+    prepared = PreparedData(PREPARED_DIR)
+    feats = RealFeatures.compute(cfg, prepared, metric_networks(cfg, device), device)
+    feats.save(out_dir)
+    log.info("test features: %s in %.0f s", ", ".join(f"{k} {v}" for k, v in feats.meta["sets"].items()),
+             time.monotonic() - started)
+    return feats
+
+
+def _progress(loader: DataLoader, what: str):
+    """``loader`` with a progress bar (rate and ETA) on a terminal; plain otherwise."""
+    from tqdm import tqdm
+
+    return tqdm(loader, desc=what, unit="batch", disable=not sys.stderr.isatty(), leave=False)
+
+
 @torch.no_grad()
 def evaluate_model(cfg: Config, name: str, out_dir: Path | None = None, prepared: PreparedData | None = None,
-                   device="cpu") -> dict:
-    """Evaluate ``name`` and write its evaluation folder; returns the summary."""
+                   device="cpu", features_dir: Path | None = TEST_FEATURES_DIR) -> dict:
+    """Evaluate ``name`` and write its evaluation folder; returns the summary. The originals'
+    network features come from ``features_dir`` (the ``test_features`` stage); ``None`` computes
+    them inline (the same values)."""
     from .metrics import MetricSuite
-    from .report import figure_sample_indices, samples_from_batch, write_eval_outputs
+    from .evalformat import figure_sample_indices, samples_from_batch, write_eval_outputs
 
     started = time.monotonic()
     prepared = prepared or PreparedData(PREPARED_DIR)
     out_dir = out_dir or EVAL_DIR / name
     inpaint = load_inpainter(cfg, name, device)
-    suite = MetricSuite(*metric_networks(cfg, device))
-    test = prepared.images("test")
+    networks = metric_networks(cfg, device)
+    real = None if features_dir is None else RealFeatures.load(features_dir, RealFeatures.expected_meta(cfg, prepared, networks))
+    suite = MetricSuite(*networks)
     ev = cfg.evaluate
-    squares = EvaluationDataset.squares(test, prepared.square_masks(), ev.max_test_images)
-    irregular_masks, irregular_rows = prepared.irregular_eval()
-    irregular = EvaluationDataset.irregular(test, irregular_masks)
-    mask_files = irregular_rows["file"].str.slice(0, 5).astype(int).tolist()
+    sets, mask_files = evaluation_sets(cfg, prepared)
+    squares = sets["square"]
 
     torch.manual_seed(cfg.seed)
-    for mask_set, dataset in (("square", squares), ("irregular", irregular)):
-        for batch in DataLoader(dataset, batch_size=ev.batch_size, shuffle=False):
+    for mask_set, dataset in sets.items():
+        start = 0
+        for batch in _progress(DataLoader(dataset, batch_size=ev.batch_size, shuffle=False), f"{name} ({mask_set})"):
             image, mask = batch["image"].to(device), batch["mask"].to(device)
             out = inpaint(image * (1 - mask), mask)
             ids = [str(int(i)) for i in batch["index"]]
             mask_ids = [int(m) for m in batch["mask_id"]] if mask_set == "square" else [mask_files[int(m)] for m in batch["mask_id"]]
-            suite.update(image, out["composite"], mask, ids, mask_ids, mask_set)
+            known = None if real is None else tuple(t.to(device) for t in real.batch(mask_set, start, batch["index"]))
+            suite.update(image, out["composite"], mask, ids, mask_ids, mask_set, real=known)
+            start += len(ids)
 
     picks = figure_sample_indices(len(squares), min(ev.figure_images, len(squares)))
     items = [squares[k] for k in picks]
@@ -125,18 +247,15 @@ def evaluate_model(cfg: Config, name: str, out_dir: Path | None = None, prepared
     return summary
 
 
-def metrics_file(summary: dict, rows_path: Path) -> dict:
-    """Flat numbers for ``reports/metrics/eval_<model>.json``: square-set means and FD, plus
-    PSNR per irregular area bin."""
-    import pandas as pd
-
+def metrics_file(summary: dict, name: str) -> dict:
+    """What ``dvc metrics show`` / ``dvc exp show`` compare across experiments, for
+    ``reports/metrics/eval_<model>.json``: the square-set means and both FDs (keys naming their
+    backbone), how many test images they cover, and the images the model itself was trained on.
+    Everything else (backbones, settings, irregular bins, per-image rows) stays in the evaluation
+    folder (``summary.json``, ``per_image.csv``) and the report."""
     out = {k: round(v, 5) for k, v in summary.items() if isinstance(v, float)}
     out["n_images"] = summary["n_images"]
-    out["resolution"] = summary["resolution"]
-    out["backbones"] = summary["backbones"]
-    rows = pd.read_csv(rows_path)
-    irr = rows[rows["mask_set"] == "irregular"].groupby("area_bin")["psnr"].mean()
-    out["irregular_psnr"] = {b: round(float(v), 4) for b, v in irr.items()}
+    out["images_seen"] = summary["training"].get(name, {}).get("images_seen", 0)
     return out
 
 
@@ -148,7 +267,7 @@ def run(cfg: Config, name: str) -> dict:
     params = {k: v for k, v in cfg.as_flat_dict().items() if k.split(".")[0] in ("profile", "resolution", "seed", "evaluate", "backbones")}
     with tracking.start_run(stage, name, params):
         summary = evaluate_model(cfg, name)
-        out = metrics_file(summary, EVAL_DIR / name / "per_image.csv")
+        out = metrics_file(summary, name)
         path = Path("reports/metrics") / f"eval_{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(out, indent=2) + "\n")

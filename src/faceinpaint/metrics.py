@@ -1,4 +1,4 @@
-"""Evaluation metrics, paired bootstrap tests and the classical inpainting row.
+"""Evaluation metrics and paired bootstrap tests (the classical fill is in :mod:`faceinpaint.classical`).
 
 PAPER.md sec. 6 names the metrics (PSNR, SSIM of Wang et al. 2004, FID of Heusel et al. 2017);
 sec. 6a asks that the SSIM settings be stated and identical for every model; sec. 7 lists the
@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from pytorch_fid.fid_score import calculate_frechet_distance
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-from skimage.restoration import inpaint_biharmonic
 from torch import nn
 
 # Exactly the keyword arguments passed to scikit-image; the report prints them.
@@ -365,15 +364,24 @@ class MetricSuite:
         image_ids: Sequence[str],
         mask_ids: Sequence[int],
         mask_set: str,
+        real: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
-        """Score a batch of composites against their originals; ``mask`` is the hole (= 1)."""
+        """Score a batch of composites against their originals; ``mask`` is the hole (= 1).
+
+        ``real``: the originals' FD features and identity embeddings, precomputed (the
+        ``test_features`` stage); ``None`` computes them here."""
         if mask_set not in MASK_SETS:
             raise ValueError(f"mask_set must be one of {MASK_SETS}, got {mask_set!r}")
         if not (len(image_ids) == len(mask_ids) == original.shape[0] == composite.shape[0] == mask.shape[0]):
             raise ValueError("original, composite, mask, image_ids and mask_ids must have the same length")
+        if real is None:
+            real = (self.fid_extractor(original), self.id_embedder(original))
+        elif not (real[0].shape[0] == real[1].shape[0] == original.shape[0]):
+            raise ValueError(f"real features for {real[0].shape[0]} / {real[1].shape[0]} images, batch has {original.shape[0]}")
+        fd_original, id_original = real
         psnr_values, ssim_values = psnr(composite, original), ssim(composite, original)
         lpips_values = self.lpips_net(composite, original).reshape(-1).double().cpu().numpy()
-        id_composite, id_original = self.id_embedder(composite), self.id_embedder(original)
+        id_composite = self.id_embedder(composite)
         id_values = F.cosine_similarity(id_composite, id_original, dim=1).double().cpu().numpy()
         hole_fractions = mask.reshape(mask.shape[0], -1).double().mean(dim=1).cpu().numpy()
         # mean absolute error inside the hole, on the [0, 1] scale, over the hole's pixels and channels
@@ -397,7 +405,7 @@ class MetricSuite:
         store = self._features[mask_set]
         store["image_id"].extend(str(i) for i in image_ids)
         store["composite"].append(self.fid_extractor(composite).double().cpu().numpy())
-        store["real"].append(self.fid_extractor(original).double().cpu().numpy())
+        store["real"].append(fd_original.double().cpu().numpy())
         store["id_composite"].append(id_composite.double().cpu().numpy())
         store["id_real"].append(id_original.double().cpu().numpy())
 
@@ -445,41 +453,3 @@ class MetricSuite:
             "psnr_settings": dict(PSNR_SETTINGS),
             "ssim_settings": dict(SSIM_SETTINGS),
         }
-
-
-# ------------------------------------------------------------------------ classical baseline
-
-
-def inpaint_biharmonic_batch(damaged: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Fill the holes with scikit-image's ``inpaint_biharmonic``, the classical row of Tables 1-2.
-
-    ``damaged`` is ``N x 3 x H x W`` in [-1, 1], ``mask`` ``N x 1 x H x W`` with hole = 1. Each
-    channel's hole is the solution of the biharmonic equation with the known pixels as boundary
-    values. Returns the composite: known pixels are ``damaged``'s, bit for bit.
-    """
-    if damaged.ndim != 4 or mask.ndim != 4 or mask.shape[1] != 1 or damaged.shape[0] != mask.shape[0]:
-        raise ValueError(f"expected N x C x H x W images and N x 1 x H x W masks, got {tuple(damaged.shape)} and {tuple(mask.shape)}")
-    hole = mask > 0.5
-    images = damaged.detach().to("cpu", torch.float64).permute(0, 2, 3, 1).numpy()
-    holes = hole[:, 0].cpu().numpy()
-    filled = np.stack(
-        [inpaint_biharmonic(img, h, channel_axis=-1) if h.any() else img for img, h in zip(images, holes)]
-    )
-    filled_t = torch.from_numpy(filled).permute(0, 3, 1, 2).to(damaged.device, damaged.dtype)
-    return torch.where(hole, filled_t, damaged)
-
-
-class BiharmonicInpainter:
-    """The classical fill behind the model interface (docs/CONVENTIONS.md), so the one evaluation
-    path treats it like every trained model."""
-
-    name = "inpaint_biharmonic"
-
-    def __call__(self, image_damaged: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        composite = inpaint_biharmonic_batch(image_damaged, mask)
-        return {"output": composite, "composite": composite}
-
-
-def biharmonic_inpainter(cfg, name: str = "biharmonic", device="cpu") -> BiharmonicInpainter:
-    """The registry's loader of the classical fill (:mod:`faceinpaint.models`)."""
-    return BiharmonicInpainter()

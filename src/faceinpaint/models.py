@@ -72,7 +72,7 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in (
     _texture("variant2", "Variant 2", (6,), True),
     _baseline("pconv", "PConv"),
     _baseline("rfr", "RFR"),
-    ModelSpec("biharmonic", "inpaint_biharmonic", None, (), (), None, "faceinpaint.metrics:biharmonic_inpainter"),
+    ModelSpec("biharmonic", "inpaint_biharmonic", None, (), (), None, "faceinpaint.classical:biharmonic_inpainter"),
 )}
 
 TRAINED = tuple(m for m, s in MODELS.items() if s.trains)

@@ -18,14 +18,10 @@ import numpy as np
 import torch
 
 from .config import Config
-from .data import PREPARED_DIR, PreparedData, identity_box_fraction
+from .data import PREPARED_DIR, PreparedData, identity_box_fraction, to_tensor_image
 from .metrics import FACE_FD_BACKBONE, frechet_distance, metric_key
 
 BATCH = 64
-
-
-def _unit(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
 class PriorQuality:
@@ -45,7 +41,7 @@ class PriorQuality:
         self.face = IdentityEmbedder(load_face_recognition(cfg.backbones.face_recognition),
                                      identity_box_fraction(cfg)).to(self.device).eval()
         self.keys = (metric_key("fd", self.fid.name), metric_key("fd", FACE_FD_BACKBONE))
-        self.real = self._features(_unit(test[start:start + BATCH]) for start in range(0, self.n, BATCH))
+        self.real = self._features(to_tensor_image(test[start:start + BATCH]) for start in range(0, self.n, BATCH))
 
     @torch.no_grad()
     def _features(self, batches) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import flatten
 from .metrics import HIGHER_IS_BETTER  # the metric kinds a metrics file is checked on
 DEFAULT_REL_TOLERANCE = 1e-6
 
@@ -27,15 +28,10 @@ def metric_kind(name: str) -> str | None:
     return None
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[key] = float(v)
-    return out
+def numeric_leaves(d: dict) -> dict[str, float]:
+    """The numbers of a nested metrics dict under dotted keys (:func:`faceinpaint.config.flatten`),
+    as floats; strings, lists, booleans and nulls are left out."""
+    return {k: float(v) for k, v in flatten(d).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 @dataclass
@@ -54,7 +50,7 @@ class Row:
 
 def compare(current: dict, baseline: dict, rel_tolerance: float = DEFAULT_REL_TOLERANCE) -> list[Row]:
     """One row per metric (a key of a known kind) in either file."""
-    cur, base = flatten(current), flatten(baseline)
+    cur, base = numeric_leaves(current), numeric_leaves(baseline)
     rows = []
     for name in sorted(set(cur) | set(base)):
         if metric_kind(name) is None:

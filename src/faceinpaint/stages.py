@@ -181,9 +181,10 @@ def train_stage(cfg: Config, name: str, device="cpu") -> dict:
         "stopped_by": result.stopped_by, "peak_rss_mib": round(result.peak_rss_mib, 1),
         "final_losses": {k: round(float(v), 6) for k, v in result.losses.items()},
     }
-    if name == "stylegan":
-        metrics.update(prior_quality(cfg, modules["G_ema"], device, cfg.evaluate.max_test_images))
     METRICS_DIR.mkdir(parents=True, exist_ok=True)
+    if name == "stylegan":  # the prior's own metric file: images shown and the FDs of its samples
+        quality = prior_quality(cfg, modules["G_ema"], device, cfg.evaluate.max_test_images)
+        (METRICS_DIR / "prior.json").write_text(json.dumps({"images_seen": result.images_seen, **quality}, indent=2) + "\n")
     (METRICS_DIR / f"train_{name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_loss_plot(out_dir / "stats.jsonl", PLOTS_DIR / f"train_{name}.csv")
     write_curve_plot(out_dir / CURVE_FILE, PLOTS_DIR / f"curve_{name}.csv")

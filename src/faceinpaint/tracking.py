@@ -208,7 +208,9 @@ def log_metrics(metrics: Mapping[str, float], step: int) -> None:
 def image_to_uint8(image) -> np.ndarray:
     """``H x W x 3`` uint8 array from such an array or a ``3 x H x W`` tensor in [-1, 1]."""
     if hasattr(image, "detach"):  # a torch tensor, in the suite's [-1, 1] convention
-        image = image.detach().float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        from .data import to_uint8_image  # imported here: a tensor means torch is loaded already
+
+        image = to_uint8_image(image.detach().float())
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 uint8 image or a 3 x H x W tensor, got {image.dtype} {image.shape}")

@@ -966,7 +966,8 @@ class _TrainingRun:
             if self.procs.main:
                 (self.out_dir / PROGRESS_FILE).write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
                 for name in (STATS_FILE, TIMING_FILE, PROGRESS_FILE, CURVE_FILE):
-                    tracking.log_artifact(self.out_dir / name)
+                    if (self.out_dir / name).is_file():  # curve.jsonl only once a curve point was taken
+                        tracking.log_artifact(self.out_dir / name)
                 log.info("%s: stopped by %s at step %d (%d images, %.0f s)", self.recipe.name, stopped_by,
                          self.step, self.images_seen, result.elapsed_s)
         return result

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from faceinpaint.config import load_config
 from faceinpaint.masks import square_masks
 from faceinpaint.texture import NORM_EPS, MultiLevelAttention, level_sizes, level_widths
 
@@ -35,7 +36,13 @@ REPORT = Path(__file__).resolve().parents[2] / "reports" / "benchmarks" / "atten
 BATCH = 8
 LEVELS = (4, 5, 6)
 SOFTMAX_SCALE = 10.0
-PROFILES = {"cpu": (64, 16, 128), "paper": (256, 32, 256)}  # resolution, base_width, max_width
+PROFILES = ("cpu", "paper")
+
+
+def profile_geometry(profile: str) -> tuple[int, int, int]:
+    """(resolution, texture base_width, texture max_width) of a params.yaml profile."""
+    cfg = load_config(profile=profile)
+    return cfg.resolution, cfg.texture.base_width, cfg.texture.max_width
 
 
 def pennet_attention(maps: Sequence[Tensor], mask: Tensor, score_level: dict[int, int],
@@ -125,9 +132,9 @@ def test_pennet_formulation_matches_batched():
 
 
 @pytest.mark.benchmark
-@pytest.mark.parametrize("profile", list(PROFILES))
+@pytest.mark.parametrize("profile", PROFILES)
 def test_bench_attention(benchmark, profile):
-    resolution, base_width, max_width = PROFILES[profile]
+    resolution, base_width, max_width = profile_geometry(profile)
     maps, mask = make_inputs(resolution, base_width, max_width, BATCH)
     fast, reference = attention_pair(maps, mask)
     assert_same(fast(), reference())  # also warms both up

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from faceinpaint.config import load_config
 from faceinpaint.stylegan2 import (
     ConvLayer,
     Discriminator,
@@ -43,8 +44,11 @@ from faceinpaint.stylegan2 import (
 ROOT = Path(__file__).resolve().parents[2]
 REPORT = ROOT / "reports" / "benchmarks" / "stylegan2_train_step.json"
 
-# The cpu profile of params.yaml: 64x64, width cap 128, batch 16.
-SIZE, BATCH, CHANNEL_MAX, CHANNEL_MULTIPLIER, STYLE_DIM, N_MLP = 64, 16, 128, 1, 256, 4
+# The cpu profile of params.yaml: its resolution, StyleGAN2 batch size and widths.
+_CPU = load_config(ROOT / "params.yaml", "cpu")
+SIZE, BATCH = _CPU.resolution, _CPU.stylegan.batch_size
+CHANNEL_MAX, CHANNEL_MULTIPLIER = _CPU.stylegan.channel_max, _CPU.stylegan.channel_multiplier
+STYLE_DIM, N_MLP = _CPU.stylegan.style_dim, _CPU.stylegan.n_mlp
 
 
 # ------------------------------------------------------------- reference formulation
@@ -232,7 +236,7 @@ def best_seconds(step: Callable[[], tuple[float, float]], rounds: int
 
 @pytest.mark.benchmark
 def test_bench_training_step(benchmark):
-    """One training step at 64x64, batch 16, width cap 128: fast vs reference formulation.
+    """One training step of the cpu profile (SIZE, BATCH, CHANNEL_MAX): fast vs reference formulation.
     Best of a few rounds each (the machine's cores may be shared)."""
     g, d = make_networks(SIZE, CHANNEL_MAX, CHANNEL_MULTIPLIER, STYLE_DIM, N_MLP)
     batch = make_batch(g, BATCH)

@@ -1,0 +1,106 @@
+"""The evaluation with the stored real-image features (the ``test_features`` stage) against the
+same evaluation computing every network feature inline, in a scratch prepared folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT
+from faceinpaint.config import load_config, parse_params
+from faceinpaint.data import PreparedData
+from faceinpaint.evaluate import RealFeatures, RealFeaturesError, evaluate_model, metric_networks, write_test_features
+
+
+def fake_prepared(root: Path, res: int, n_test: int, n_irregular: int, seed: int = 0) -> PreparedData:
+    """A prepared folder in the layout of ``faceinpaint prepare``: random test photos, ten square
+    masks, irregular evaluation masks of growing area."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    np.save(root / "test_images.npy", rng.integers(0, 256, (n_test, res, res, 3), dtype=np.uint8))
+    squares, boxes = np.zeros((10, res, res), np.uint8), []
+    for k in range(10):
+        y, x = (k * 3) % (res // 2), (k * 5) % (res // 2)
+        squares[k, y:y + res // 4, x:x + res // 4] = 1
+        boxes.append([y, x, y + res // 4, x + res // 4])
+    np.save(root / "square_masks.npy", squares)
+    irregular = (rng.random((n_irregular, res, res)) < np.linspace(0.05, 0.5, n_irregular)[:, None, None]).astype(np.uint8)
+    np.save(root / "irregular_eval.npy", irregular)
+    pd.DataFrame({"mask": range(n_irregular), "file": [f"{20 * k:05d}.png" for k in range(n_irregular)],
+                  "bin": [0] * n_irregular, "hole_fraction": irregular.mean(axis=(1, 2))}).to_csv(root / "irregular_eval.csv", index=False)
+    (root / "info.json").write_text(json.dumps({"resolution": res, "square_boxes": boxes}))
+    return PreparedData(root)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    if not (ROOT / "data" / "weights").is_dir():
+        pytest.skip("data/ not pulled (run `dvc pull`)")
+    cfg = load_config(ROOT / "params.yaml", profile="smoke")
+    # partial last batches in both sets: batch-composition effects would show
+    assert cfg.evaluate.max_test_images % cfg.evaluate.batch_size and cfg.evaluate.batch_size < 20
+    tmp = tmp_path_factory.mktemp("eval")
+    prepared = fake_prepared(tmp / "prepared", cfg.resolution, cfg.evaluate.max_test_images + 5, 20)
+    features = RealFeatures.compute(cfg, prepared, metric_networks(cfg))
+    features.save(tmp / "features")
+    return cfg, prepared, tmp
+
+
+def test_stored_real_features_give_the_inline_evaluation_bit_for_bit(setup):
+    cfg, prepared, tmp = setup
+    stored = evaluate_model(cfg, "biharmonic", tmp / "stored", prepared, features_dir=tmp / "features")
+    inline = evaluate_model(cfg, "biharmonic", tmp / "inline", prepared, features_dir=None)
+    assert stored == inline
+    for name in ("per_image.csv", "summary.json"):
+        assert (tmp / "stored" / name).read_bytes() == (tmp / "inline" / name).read_bytes(), name
+    with np.load(tmp / "stored" / "features.npz") as a, np.load(tmp / "inline" / "features.npz") as b:
+        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    rows = pd.read_csv(tmp / "stored" / "per_image.csv")
+    assert (rows["mask_set"] == "square").sum() == cfg.evaluate.max_test_images
+    assert (rows["mask_set"] == "irregular").sum() == 20
+
+
+def test_stored_features_follow_the_evaluation_order(setup):
+    cfg, prepared, tmp = setup
+    feats = RealFeatures.load(tmp / "features", RealFeatures.expected_meta(cfg, prepared, metric_networks(cfg)))
+    n = cfg.evaluate.max_test_images
+    assert feats.arrays["square_image"].tolist() == list(range(n))
+    assert feats.arrays["irregular_image"].tolist() == [k % (n + 5) for k in range(20)]
+    assert feats.arrays["square_fd"].shape[0] == n and feats.arrays["irregular_id"].shape == (20, 128)
+    import torch
+
+    with pytest.raises(RealFeaturesError, match="not this batch"):
+        feats.batch("square", 1, torch.arange(0, 4))
+
+
+def test_features_of_another_evaluation_are_refused_by_name(setup, tmp_path):
+    cfg, prepared, tmp = setup
+    networks = metric_networks(cfg)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["profile"] = "smoke"
+    raw["profiles"]["smoke"]["evaluate"]["batch_size"] += 1
+    other = parse_params(raw)
+    with pytest.raises(RealFeaturesError, match=r"meta\.json: batch_size is .*test_features"):
+        RealFeatures.load(tmp / "features", RealFeatures.expected_meta(other, prepared, networks))
+    changed = fake_prepared(tmp_path / "prepared", cfg.resolution, cfg.evaluate.max_test_images + 5, 20, seed=1)
+    with pytest.raises(RealFeaturesError, match="test_images_sha256"):
+        RealFeatures.load(tmp / "features", RealFeatures.expected_meta(cfg, changed, networks))
+    with pytest.raises(RealFeaturesError, match=r"features\.npz: missing \(run `dvc repro test_features`\)"):
+        RealFeatures.load(tmp_path / "nothing", RealFeatures.expected_meta(cfg, prepared, networks))
+
+
+def test_the_stage_writes_what_the_evaluation_reads(setup, tmp_path, monkeypatch):
+    cfg, prepared, tmp = setup
+    import faceinpaint.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "PREPARED_DIR", prepared.root)
+    written = write_test_features(cfg, tmp_path / "tf")
+    again = RealFeatures.load(tmp_path / "tf", RealFeatures.expected_meta(cfg, prepared, metric_networks(cfg)))
+    ref = RealFeatures.load(tmp / "features", written.meta)
+    assert sorted(again.arrays) == sorted(ref.arrays)
+    assert all(np.array_equal(again.arrays[k], ref.arrays[k]) for k in ref.arrays)
