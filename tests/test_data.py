@@ -163,3 +163,23 @@ def test_evaluation_pairs_follow_i_mod_10():
     ds = EvaluationDataset.squares(images, masks)
     assert [ds[i]["mask_id"] for i in range(23)] == [i % 10 for i in range(23)]
     assert (ds[13]["mask"][0].numpy() == masks[3]).all()
+
+
+def test_progress_bar_shows_rate_and_eta_on_a_terminal_only(monkeypatch):
+    import io
+    import sys
+
+    from faceinpaint.data import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: no bar
+    assert list(progress(range(5), "prepare train", "image")) == list(range(5))
+    assert sys.stderr.getvalue() == ""
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert list(progress(range(5), "prepare train", "image")) == list(range(5))
+    shown = term.getvalue()
+    assert "prepare train:" in shown and "0/5 [00:00<" in shown and "image/s]" in shown  # [elapsed<ETA, rate]

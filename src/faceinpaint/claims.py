@@ -74,7 +74,8 @@ class ClaimTester:
         if r.display not in self._fd:
             ids, real, fake = r.sorted_features()
             # The full-sample FD is the one in summary.json (pytorch-fid on these features).
-            self._fd[r.display] = (ids, exact_fd(real, fake), fd_half_samples(real, fake, self.n_fd, self.seed))
+            self._fd[r.display] = (ids, exact_fd(real, fake), fd_half_samples(real, fake, self.n_fd, self.seed,
+                                                                             progress=f"FD halves, {r.display}"))
         return self._fd[r.display]
 
     def compare(self, better: str, worse: str, metric: str) -> dict:

@@ -91,12 +91,22 @@ def identity_box_fraction(cfg: Config) -> tuple[float, float, float, float]:
     return tuple(min(1.0, max(0.0, f)) for f in frac)
 
 
+def progress(items, what: str, unit: str):
+    """``items`` with a progress bar (rate and ETA) on a terminal; the plain iterable otherwise
+    (a log file or CI gets the stage's own log lines instead)."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(items, desc=what, unit=unit, leave=False, disable=not sys.stderr.isatty())
+
+
 def _prepare_split(cfg: Config, split: str, limit: int | None, out: Path) -> dict:
     files = list_images(Path(cfg.data.source) / split)
     if limit is not None:
         files = files[:limit]
     images, rows, skipped = [], [], []
-    for path in files:
+    for path in progress(files, f"prepare {split}", "image"):
         try:
             images.append(load_face(path, cfg.data.crop_box, cfg.resolution))
         except DataError as err:
@@ -117,7 +127,7 @@ def _prepare_split(cfg: Config, split: str, limit: int | None, out: Path) -> dic
 
 def _load_masks(files: list[int], source: Path, resolution: int) -> np.ndarray:
     masks = []
-    for i in files:
+    for i in progress(files, "prepare masks", "mask"):
         path = source / f"{i:05d}.png"
         if not path.is_file():
             raise MaskError(f"{path}: irregular mask file missing (run `dvc pull`)")

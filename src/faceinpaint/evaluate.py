@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .config import Config
-from .data import PREPARED_DIR, EvaluationDataset, PreparedData, identity_box_fraction
+from .data import PREPARED_DIR, EvaluationDataset, PreparedData, identity_box_fraction, progress
 from .models import INPAINTERS, training_stages
 from .pretrained.weights import sha256_of
 from .recipes import MODELS_DIR, load_inpainter
@@ -135,8 +134,7 @@ class RealFeatures:
         arrays: dict[str, np.ndarray] = {}
         for mask_set, dataset in sets.items():
             ids, fds, embs = [], [], []
-            for batch in _progress(DataLoader(dataset, batch_size=cfg.evaluate.batch_size, shuffle=False),
-                                   f"test features ({mask_set})"):
+            for batch in progress(DataLoader(dataset, batch_size=cfg.evaluate.batch_size, shuffle=False), f"test features ({mask_set})", "batch"):
                 image = batch["image"].to(device)
                 ids.append(batch["index"].numpy())
                 fds.append(fid(image).cpu().numpy())
@@ -188,13 +186,6 @@ def write_test_features(cfg: Config, out_dir: Path = TEST_FEATURES_DIR, device="
     return feats
 
 
-def _progress(loader: DataLoader, what: str):
-    """``loader`` with a progress bar (rate and ETA) on a terminal; plain otherwise."""
-    from tqdm import tqdm
-
-    return tqdm(loader, desc=what, unit="batch", disable=not sys.stderr.isatty(), leave=False)
-
-
 @torch.no_grad()
 def evaluate_model(cfg: Config, name: str, out_dir: Path | None = None, prepared: PreparedData | None = None,
                    device="cpu", features_dir: Path | None = TEST_FEATURES_DIR) -> dict:
@@ -218,7 +209,7 @@ def evaluate_model(cfg: Config, name: str, out_dir: Path | None = None, prepared
     torch.manual_seed(cfg.seed)
     for mask_set, dataset in sets.items():
         start = 0
-        for batch in _progress(DataLoader(dataset, batch_size=ev.batch_size, shuffle=False), f"{name} ({mask_set})"):
+        for batch in progress(DataLoader(dataset, batch_size=ev.batch_size, shuffle=False), f"evaluate {name} ({mask_set})", "batch"):
             image, mask = batch["image"].to(device), batch["mask"].to(device)
             out = inpaint(image * (1 - mask), mask)
             ids = [str(int(i)) for i in batch["index"]]

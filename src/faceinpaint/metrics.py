@@ -220,10 +220,18 @@ def exact_fd(feats_real: np.ndarray, feats_fake: np.ndarray) -> float:
     return resampled(np.ones(resampled.n, np.int64))
 
 
-def fd_half_samples(feats_real: np.ndarray, feats_fake: np.ndarray, n: int = 1000, seed: int = 0) -> np.ndarray:
-    """FD of ``n`` random halves of the paired (real, fake) rows (:func:`half_sample_counts`)."""
+def fd_half_samples(feats_real: np.ndarray, feats_fake: np.ndarray, n: int = 1000, seed: int = 0,
+                    progress: str | None = None) -> np.ndarray:
+    """FD of ``n`` random halves of the paired (real, fake) rows (:func:`half_sample_counts`).
+    ``progress``: a label for a progress bar with rate and ETA (on a terminal only)."""
+    import sys
+
+    from tqdm import tqdm
+
     resampled = _ResampledFrechet(feats_real, feats_fake)
-    return np.array([resampled(c) for c in half_sample_counts(resampled.n, n, seed)])
+    counts = half_sample_counts(resampled.n, n, seed)
+    bar = tqdm(counts, desc=progress, unit="half", leave=False, disable=progress is None or not sys.stderr.isatty())
+    return np.array([resampled(c) for c in bar])
 
 
 def half_sample_interval(estimate: float, half_values: np.ndarray, n_items: int,
