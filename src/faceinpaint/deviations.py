@@ -28,7 +28,7 @@ DEVIATIONS: tuple[Deviation, ...] = (
     Deviation(
         "Encoder strides below 256x256",
         "The texture encoder's last min(6, log2(R) - 2) levels have stride 2 and the first ones "
-        "stride 1, so level 6 is 4x4 at every resolution R from 16 to 256 (sizes in the level table). "
+        "stride 1, so level 6 is 4x4 at every resolution R from 32 (the smallest the config accepts) to 256 (sizes in the level table). "
         "The paper's six stride-2 levels fit 256x256 only.",
         "Six stride-2 levels shrink a 64x64 image to 1x1, where attention compares nothing; "
         "PAPER.md sec. 6a asks for levels 4-6 of at least 4x4.",
@@ -143,8 +143,10 @@ DEVIATIONS: tuple[Deviation, ...] = (
     Deviation(
         "The StyleGAN2 prior is trained here",
         "The structure reconstructor drives a StyleGAN2 generator of the same architecture trained "
-        "by the pipeline (`stylegan` stage) on the train split with a small-data recipe, instead of "
-        "a pretrained FFHQ StyleGAN2; a standard checkpoint loads through `stylegan.checkpoint`.",
+        "by the pipeline (`stylegan` stage) on the 4,800 training faces with StyleGAN2's own recipe "
+        "(R1 10, path-length regularisation, style mixing 0.9; DiffAugment, x-flip and the R1 heuristic "
+        "are params, off), instead of a pretrained FFHQ StyleGAN2; a standard checkpoint loads through "
+        "`stylegan.checkpoint`.",
         "No pretrained StyleGAN2 weights are available offline. The paper starts from a trained "
         "prior: its discriminator and training recipe are not part of the method, and the generator "
         "is unchanged. How far the prior got is in the training budgets.",
