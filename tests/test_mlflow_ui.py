@@ -7,9 +7,7 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,14 +22,12 @@ from PIL import Image
 
 
 from faceinpaint import tracking
-from faceinpaint.ui import UIError, serve, server_command, url
+from faceinpaint.ui import (CHROMIUM_FLAGS, UIError, chromium_path, free_port, serve, server_command, start_background,
+                            stop_group, url, wait_until_up)
 
-CHROMIUM = "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else shutil.which("chromium")
+CHROMIUM = chromium_path()
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (`apt-get install chromium`; .ci/run installs it)")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage"]
 PIPELINE = "uitest"
 STAGES = {"train@structure": "structure", "train@full": "full"}
 STEPS = 5
@@ -107,12 +103,6 @@ class UIServer:
     browser_profile: Path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def log_pipeline(root: Path, uri: str) -> np.ndarray:
     """One pipeline run as ``dvc repro`` logs it: a parent run and one child run per stage, each
     with params, per-step losses and a sample grid. Returns train@full's sample grid."""
@@ -133,42 +123,6 @@ def log_pipeline(root: Path, uri: str) -> np.ndarray:
     return grid
 
 
-def start_server(command: list[str], log: Path, **popen) -> subprocess.Popen:
-    """Start ``command`` in its own process group, its output to ``log`` (a pipe nobody reads
-    would fill up with request logs and stall the server)."""
-    with log.open("w") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen)
-
-
-def wait_until_up(health: str, proc: subprocess.Popen, log: Path, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"mlflow server exited with {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(health, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{health} did not answer within {seconds} s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """End the process group started for ``proc`` (mlflow server runs uvicorn as a child)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # children that outlived the leader
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
 @pytest.fixture(scope="module")
 def ui_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow_ui")
@@ -186,7 +140,7 @@ def ui_server(tmp_path_factory):
 
     port = free_port()
     log = root / "server.log"
-    proc = start_server(server_command(port=port, backend_uri=uri), log, cwd=root)
+    proc = start_background(server_command(port=port, backend_uri=uri), log, cwd=root)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until_up(f"{base}/health", proc, log)
@@ -194,7 +148,7 @@ def ui_server(tmp_path_factory):
                        {parent.info.run_name: parent.info.run_id, **{n: r.info.run_id for n, r in runs.items()}},
                        sample, root / "chromium")
     finally:
-        stop(proc)
+        stop_group(proc)
 
 
 def chromium(server: UIServer, *args: str, timeout: float = 120) -> str:
@@ -204,7 +158,7 @@ def chromium(server: UIServer, *args: str, timeout: float = 120) -> str:
     try:
         return proc.communicate(timeout=timeout)[0]
     finally:
-        stop(proc)
+        stop_group(proc)
 
 
 def rendered_dom(server: UIServer, page: str, ready, tries: int = 4) -> str:
@@ -315,7 +269,7 @@ def test_serve_answers_and_stops_cleanly_on_ctrl_c(ui_server, tmp_path):
     code = f"import sys; from faceinpaint.ui import serve; sys.exit(serve(port={port}))"
     env = {**os.environ, "MLFLOW_TRACKING_URI": ui_server.uri}
     log = tmp_path / "serve.log"
-    proc = start_server([sys.executable, "-c", code], log, cwd=tmp_path, env=env)
+    proc = start_background([sys.executable, "-c", code], log, cwd=tmp_path, env=env)
     try:
         wait_until_up(f"http://127.0.0.1:{port}/health", proc, log)
         search = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", method="POST",
@@ -331,4 +285,4 @@ def test_serve_answers_and_stops_cleanly_on_ctrl_c(ui_server, tmp_path):
             time.sleep(0.2)
         assert group_members(proc.pid) == []
     finally:
-        stop(proc)
+        stop_group(proc)

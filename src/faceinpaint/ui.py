@@ -17,8 +17,14 @@ the runs of this suite give it nothing to do.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 from .tracking import _artifact_location, tracking_uri
@@ -96,3 +102,60 @@ def serve(host: str = "127.0.0.1", port: int = 5000, allow_remote: bool = False)
             server.terminate()
             server.wait()
         return 0
+
+
+# ------------------------------------------------- the UI in the background, rendered headless
+# (scripts/mlflow_screenshot.py and tests/test_mlflow_ui.py)
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage")
+
+
+def chromium_path() -> str | None:
+    """Debian's headless-capable Chromium (``scripts/setup.sh`` installs it), or ``None``."""
+    return "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else shutil.which("chromium")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_background(command: list[str], log: Path, **popen) -> subprocess.Popen:
+    """Start ``command`` in its own process group, its output to ``log`` (a pipe nobody reads
+    would fill up with request logs and stall the server)."""
+    with Path(log).open("w") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen)
+
+
+def wait_until_up(health: str, proc: subprocess.Popen, log: Path, seconds: float = 90) -> None:
+    """Poll ``health`` until it answers 200; :class:`UIError` with the log's tail if the server
+    exits first or does not answer within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise UIError(f"mlflow server exited with {proc.returncode}: {Path(log).read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(health, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise UIError(f"{health} did not answer within {seconds} s")
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """End the process group started for ``proc`` (mlflow server runs uvicorn as a child)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # children that outlived the leader
+    except ProcessLookupError:
+        pass
+    proc.wait()
