@@ -30,7 +30,7 @@ import torch
 from .checkpoint import PREVIOUS
 from .training import CURVE_FILE
 from .config import Config
-from .data import PREPARED_DIR, PreparedData, to_uint8_image, training_dataset
+from .data import PREPARED_DIR, PreparedData, to_tensor_image, to_uint8_image, training_dataset
 from .models import MODELS, TRAINED, upstream_chain
 from .pretrained.weights import sha256_of
 from .recipes import MODELS_DIR, export_model, make_recipe
@@ -219,7 +219,7 @@ def identity_check(cfg: Config, device="cpu", n_pairs: int = 1000) -> dict:
     images, labels = prepared.images("test"), prepared.index("test")["identity"].to_numpy()
     embedder = IdentityEmbedder(load_face_recognition(cfg.backbones.face_recognition), identity_box_fraction(cfg)).to(device)
     embeddings = torch.cat([
-        embedder(torch.from_numpy(np.array(images[i:i + 64])).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)).cpu()
+        embedder(to_tensor_image(images[i:i + 64]).to(device)).cpu()
         for i in range(0, len(images), 64)])
     result = {
         "network": "faceapi-recognition (dlib ResNet-29 metric net)",
