@@ -104,3 +104,16 @@ def test_the_stage_writes_what_the_evaluation_reads(setup, tmp_path, monkeypatch
     ref = RealFeatures.load(tmp / "features", written.meta)
     assert sorted(again.arrays) == sorted(ref.arrays)
     assert all(np.array_equal(again.arrays[k], ref.arrays[k]) for k in ref.arrays)
+
+
+def test_the_metrics_file_holds_only_the_numbers_compared_across_experiments(setup, tmp_path):
+    from faceinpaint.evaluate import metrics_file
+
+    cfg, prepared, tmp = setup
+    summary = evaluate_model(cfg, "biharmonic", tmp_path / "ev", prepared, features_dir=tmp / "features")
+    out = metrics_file(summary, "biharmonic")
+    assert all(isinstance(v, (int, float)) for v in out.values())  # no strings or nested blocks: one column each
+    assert out["n_images"] == cfg.evaluate.max_test_images and out["images_seen"] == 0  # the classical fill trains on nothing
+    assert out["psnr"] == round(summary["psnr"], 5) and sum(k.startswith("fd_") for k in out) == 2  # both FDs
+    trained = dict(summary, training={"pconv": {"images_seen": 80000, "train_time_s": 1.0}})
+    assert metrics_file(trained, "pconv")["images_seen"] == 80000
