@@ -114,12 +114,12 @@ class RealFeatures:
 
     @staticmethod
     def expected_meta(cfg: Config, prepared: PreparedData, networks) -> dict:
-        from .metrics import IDENTITY_NETWORK
+        from .metrics import MetricSuite
 
-        _, identity, fid = networks
+        backbones = MetricSuite(*networks).backbones  # the names the evaluation records
         sets, _ = evaluation_sets(cfg, prepared)
         return json.loads(json.dumps({  # as stored: JSON types
-            "backbones": {"fd": fid.name, "id": getattr(identity, "name", IDENTITY_NETWORK)},
+            "backbones": {"fd": backbones["fd"], "id": backbones["id"]},
             "batch_size": cfg.evaluate.batch_size,
             "test_images_sha256": sha256_of(prepared.root / "test_images.npy"),
             "identity_box": identity_box_fraction(cfg),

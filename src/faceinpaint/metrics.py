@@ -224,14 +224,11 @@ def fd_half_samples(feats_real: np.ndarray, feats_fake: np.ndarray, n: int = 100
                     progress: str | None = None) -> np.ndarray:
     """FD of ``n`` random halves of the paired (real, fake) rows (:func:`half_sample_counts`).
     ``progress``: a label for a progress bar with rate and ETA (on a terminal only)."""
-    import sys
-
-    from tqdm import tqdm
+    from .data import progress as progress_bar
 
     resampled = _ResampledFrechet(feats_real, feats_fake)
     counts = half_sample_counts(resampled.n, n, seed)
-    bar = tqdm(counts, desc=progress, unit="half", leave=False, disable=progress is None or not sys.stderr.isatty())
-    return np.array([resampled(c) for c in bar])
+    return np.array([resampled(c) for c in (counts if progress is None else progress_bar(counts, progress, "half"))])
 
 
 def half_sample_interval(estimate: float, half_values: np.ndarray, n_items: int,
