@@ -33,6 +33,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from faceinpaint.losses import valid_hole_l1
+
 
 @dataclass(frozen=True)
 class LossWeights:
@@ -43,14 +45,6 @@ class LossWeights:
     perceptual: float = 0.05
     style: float = 120.0
     tv: float = 0.1
-
-
-def valid_hole_l1(output: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """``(L_valid, L_hole)`` (PAPER.md sec. 5; Liu et al. 2018, per-pixel losses): L1 of the
-    error on the known / hole pixels, each divided by the number of elements of the image
-    (not of the region), averaged over the batch. ``mask``: hole = 1."""
-    error = (output - target).abs()
-    return (error * (1.0 - mask)).mean(), (error * mask).mean()
 
 
 def gram_matrix(features: Tensor) -> Tensor:

@@ -19,11 +19,11 @@ from baselines.losses import (
     inpainting_loss,
     perceptual_l1,
     style_l1,
-    valid_hole_l1,
 )
 from baselines.pconv import PartialConv2d, PConvInpainter, encoder_widths, unet_depth
 from baselines.rfr import AttentionState, KnowledgeConsistentAttention, RFRInpainter, merge_features
 from faceinpaint.config import load_config
+from faceinpaint.losses import valid_hole_l1
 
 
 

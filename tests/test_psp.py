@@ -12,9 +12,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from faceinpaint.config import StructureLoss, load_config
+from faceinpaint.losses import valid_hole_l1
 from faceinpaint.psp import (
     INPUT_CHANNELS,
-    IR_DEPTHS,
+    IR50_BLOCKS,
     IR_WIDTHS,
     STRUCTURE_LOSS_WEIGHTS,
     BottleneckIR,
@@ -24,10 +25,9 @@ from faceinpaint.psp import (
     SqueezeExcite,
     StructureReconstructor,
     build_structure_reconstructor,
-    masked_l1,
     n_styles,
     structure_loss,
-    style_groups,
+    split_styles,
 )
 from faceinpaint.stylegan2 import Generator
 
@@ -60,7 +60,7 @@ def square_masks(batch: int, size: int) -> Tensor:
 @pytest.mark.parametrize("resolution, expected", [(32, 8), (64, 10), (256, 14), (1024, 18)])
 def test_style_count_and_groups(resolution: int, expected: int) -> None:
     assert n_styles(resolution) == expected == 2 * round(math.log2(resolution)) - 2
-    coarse, medium, fine = style_groups(resolution)
+    coarse, medium, fine = split_styles(n_styles(resolution))
     assert coarse == [0, 1, 2]
     assert medium == [3, 4, 5, 6]
     assert fine == list(range(7, expected))
@@ -106,7 +106,7 @@ def test_encoder_head_sizes(input_size: int, generator_size: int) -> None:
     """Coarse heads read the input/16 map, medium input/8, fine input/4 (pSp at 256: 16, 32, 64)."""
     count = n_styles(generator_size)
     encoder = GradualStyleEncoder(input_size, count, 8, TINY_BLOCKS, TINY_WIDTHS)
-    coarse, medium, fine = style_groups(generator_size)
+    coarse, medium, fine = split_styles(count)
     spatial = [head.spatial for head in encoder.styles]
     assert len(spatial) == count
     assert [spatial[i] for i in coarse] == [input_size // 16] * 3
@@ -120,7 +120,7 @@ def test_encoder_pyramid_grouping() -> None:
     torch.manual_seed(0)
     encoder = GradualStyleEncoder(64, n_styles(64), 8, TINY_BLOCKS, TINY_WIDTHS).eval()
     x = torch.randn(2, INPUT_CHANNELS, 64, 64)
-    coarse, medium, fine = style_groups(64)
+    coarse, medium, fine = split_styles(n_styles(64))
     with torch.no_grad():
         base = encoder(x)
         assert base.shape == (2, 10, 8)
@@ -149,10 +149,12 @@ def test_encoder_rejects_wrong_input_size() -> None:
 def test_ir50_layout_matches_psp() -> None:
     """IR-50 has 24 bottlenecks; pSp taps c1, c2, c3 after bottlenecks 6, 20 and 23 (0-based),
     the ends of stages 2, 3 and 4; the stages halve the side four times."""
-    ends = [sum(IR_DEPTHS[50][: k + 1]) - 1 for k in range(4)]
+    ends = [sum(IR50_BLOCKS[: k + 1]) - 1 for k in range(4)]
     assert ends == [2, 6, 20, 23]
-    backbone = IRBackbone(IR_DEPTHS[50], IR_WIDTHS)
+    backbone = IRBackbone(IR50_BLOCKS, IR_WIDTHS)
     assert [len(stage) for stage in backbone.stages] == [3, 4, 14, 3]
+    # the paper profile trains the IR-50 backbone (params.yaml)
+    assert tuple(load_config(profile="paper").structure.backbone_blocks) == IR50_BLOCKS
     assert backbone.stem[0].in_channels == INPUT_CHANNELS == 4
     small = IRBackbone(TINY_BLOCKS, TINY_WIDTHS)
     outputs = small(torch.randn(1, INPUT_CHANNELS, 64, 64))
@@ -250,8 +252,8 @@ def test_pixel_terms_by_hand() -> None:
     assert terms["lpips"].item() == 0.0 and terms["id"].item() == 0.0
     assert terms["total"].item() == pytest.approx(2.8125 / 12 + 6 * 0.75 / 12 + 3.0 / 12)
     # hole + valid is the plain mean L1 (same normalisation).
-    torch.testing.assert_close(masked_l1(output, target, mask) + masked_l1(output, target, 1 - mask),
-                               (output - target).abs().mean())
+    valid, hole = valid_hole_l1(output, target, mask)
+    torch.testing.assert_close(valid + hole, (output - target).abs().mean())
 
 
 def test_all_terms_and_weights() -> None:

@@ -19,7 +19,7 @@ Layout, as in pSp:
   lateral convolutions to the width of c3 and bilinear upsampling (``align_corners=True``).
 * **Styles.** n = 2*log2(R) - 2 for a generator of side R. Coarse styles 0..2 come from p3,
   medium 3..6 from p2, fine 7..n-1 from p1 (pSp's ``coarse_ind=3``, ``middle_ind=7``); see
-  :func:`style_groups`. Each style has its own :class:`MapToStyle` head.
+  :func:`split_styles`. Each style has its own :class:`MapToStyle` head.
 * **Codes.** ``w+ = encoder(x) + w_avg``: the encoder predicts an offset from the generator's
   average latent (pSp's ``start_from_latent_avg``), so an untrained encoder already starts at
   the average face.
@@ -53,14 +53,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .losses import valid_hole_l1
 from .stylegan2 import EqualLinear, Generator
 
-IR_DEPTHS: dict[int, tuple[int, int, int, int]] = {
-    50: (3, 4, 14, 3),
-    100: (3, 13, 30, 3),
-    152: (3, 8, 36, 3),
-}
-"""Bottleneck blocks per stage of the IR-50/100/152 backbones (pSp ``get_blocks``)."""
+IR50_BLOCKS: tuple[int, int, int, int] = (3, 4, 14, 3)
+"""Bottleneck blocks per stage of the IR-50 backbone (pSp ``get_blocks(50)``), the paper's; the
+profiles set their own (``backbone_blocks``)."""
 IR_WIDTHS = (64, 128, 256, 512)
 """Stage widths of the IR backbones; the stem has the width of the first stage."""
 COARSE_END = 3
@@ -88,22 +86,15 @@ def n_styles(resolution: int) -> int:
 
 
 def split_styles(count: int) -> tuple[list[int], list[int], list[int]]:
-    """Style indices ``0..count-1`` split into (coarse, medium, fine) at pSp's boundaries 3 and 7."""
+    """Style indices ``0..count-1`` split into (coarse, medium, fine) at pSp's boundaries 3 and 7
+    (PAPER.md sec. 2; paper sec. 3.1): coarse 0-2 from the smallest pyramid map, medium 3-6 from
+    the middle one, fine 7..count-1 from the largest. With ``count = n_styles(R)``:
+    32 (8): [0-2], [3-6], [7]; 64 (10): [0-2], [3-6], [7-9]; 256 (14): [0-2], [3-6], [7-13];
+    1024 (18): [0-2], [3-6], [7-17] (the paper's 18)."""
     if count < 1:
         raise ValueError(f"need at least one style, got {count}")
     indices = list(range(count))
     return indices[:COARSE_END], indices[COARSE_END:MEDIUM_END], indices[MEDIUM_END:]
-
-
-def style_groups(resolution: int) -> tuple[list[int], list[int], list[int]]:
-    """(coarse, medium, fine) style indices for a generator of side ``resolution``
-    (PAPER.md sec. 2; paper sec. 3.1): coarse 0-2 from the smallest pyramid map, medium 3-6
-    from the middle one, fine 7..n-1 from the largest.
-
-    32 (n=8): [0-2], [3-6], [7]; 64 (n=10): [0-2], [3-6], [7-9];
-    256 (n=14): [0-2], [3-6], [7-13]; 1024 (n=18): [0-2], [3-6], [7-17] (the paper's 18).
-    """
-    return split_styles(n_styles(resolution))
 
 
 # ------------------------------------------------------------------------------- backbone
@@ -161,11 +152,11 @@ class IRBackbone(nn.Module):
     """Stem + four stages of :class:`BottleneckIR` blocks; the first block of each stage has
     stride 2. ``forward`` returns the outputs of all four stages (sides 1/2 .. 1/16 of the input).
 
-    ``blocks``: blocks per stage (IR-50: 3, 4, 14, 3; see :data:`IR_DEPTHS`); ``widths``:
+    ``blocks``: blocks per stage (IR-50: 3, 4, 14, 3; see :data:`IR50_BLOCKS`); ``widths``:
     channels per stage (IR: 64, 128, 256, 512); the stem has ``widths[0]`` channels.
     """
 
-    def __init__(self, blocks: Sequence[int] = IR_DEPTHS[50], widths: Sequence[int] = IR_WIDTHS,
+    def __init__(self, blocks: Sequence[int] = IR50_BLOCKS, widths: Sequence[int] = IR_WIDTHS,
                  in_channels: int = INPUT_CHANNELS, squeeze_excite: bool = True):
         super().__init__()
         if len(blocks) != 4 or len(widths) != 4 or min(blocks) < 1 or min(widths) < 1:
@@ -230,12 +221,12 @@ class GradualStyleEncoder(nn.Module):
 
     ``n_styles``: the generator's ``n_latent`` (:func:`n_styles`); ``style_dim``: its latent
     width (the heads' conv width too, as in pSp); ``backbone_blocks`` / ``backbone_widths``:
-    see :class:`IRBackbone` (IR-50: ``IR_DEPTHS[50]``, ``IR_WIDTHS``); ``squeeze_excite``:
+    see :class:`IRBackbone` (IR-50: ``IR50_BLOCKS``, ``IR_WIDTHS``); ``squeeze_excite``:
     IR-SE blocks (pSp's choice) or plain IR.
     """
 
     def __init__(self, input_size: int, n_styles: int, style_dim: int = 512,
-                 backbone_blocks: Sequence[int] = IR_DEPTHS[50],
+                 backbone_blocks: Sequence[int] = IR50_BLOCKS,
                  backbone_widths: Sequence[int] = IR_WIDTHS,
                  in_channels: int = INPUT_CHANNELS, squeeze_excite: bool = True):
         super().__init__()
@@ -331,7 +322,7 @@ class StructureReconstructor(nn.Module):
 
 
 def build_structure_reconstructor(generator: Generator, latent_avg: Tensor, input_size: int,
-                                  backbone_blocks: Sequence[int] = IR_DEPTHS[50],
+                                  backbone_blocks: Sequence[int] = IR50_BLOCKS,
                                   backbone_widths: Sequence[int] = IR_WIDTHS,
                                   squeeze_excite: bool = True) -> StructureReconstructor:
     """A :class:`StructureReconstructor` whose encoder fits ``generator`` (its ``n_latent``
@@ -357,13 +348,6 @@ def structure_loss_weights(weights: Mapping[str, float] | Any | None = None) -> 
     return {**STRUCTURE_LOSS_WEIGHTS, **{k: float(v) for k, v in given.items()}}
 
 
-def masked_l1(output: Tensor, target: Tensor, region: Tensor) -> Tensor:
-    """``sum(region * |output - target|) / numel(output)``: L1 restricted to ``region`` (N1HW,
-    broadcast over channels), normalised by *all* elements as PConv (Liu et al. 2018) does,
-    so that L_hole + L_valid is the plain mean L1."""
-    return (region * (output - target).abs()).sum() / output.numel()
-
-
 def identity_loss(output: Tensor, target: Tensor, id_embedder: nn.Module) -> Tensor:
     """L_ID = mean over images of 1 - cos(R(I_gt), R(I_r)) (PAPER.md sec. 2; paper sec. 3.2).
     The target's embedding is a constant (no gradient)."""
@@ -382,8 +366,9 @@ def structure_loss(output: Tensor, target: Tensor, mask: Tensor, lpips_net: nn.M
     * L2: mean squared error over all pixels and channels (pSp's ``mse_loss``);
     * LPIPS: mean over images of ``lpips_net(output, target)`` (per-image distances);
     * L_ID: :func:`identity_loss` with ``id_embedder`` (R, unit embeddings);
-    * L_hole = :func:`masked_l1` over the hole (``mask``), L_valid over the known pixels
-      (``1 - mask``); the paper's M is 1 on known pixels, so its (1 - M) is our ``mask``.
+    * L_hole, L_valid: :func:`faceinpaint.losses.valid_hole_l1`, L1 over the hole (``mask``) and
+      over the known pixels (``1 - mask``), each divided by all elements (PConv's convention);
+      the paper's M is 1 on known pixels, so its (1 - M) is our ``mask``.
 
     ``output`` is the raw I_r (every pixel supervised), ``target`` I_gt, both ``N x 3 x H x W``
     in [-1, 1]; ``mask`` ``N x 1 x H x W``, hole = 1. A term whose weight is 0 is not computed
@@ -392,12 +377,13 @@ def structure_loss(output: Tensor, target: Tensor, mask: Tensor, lpips_net: nn.M
     """
     w = structure_loss_weights(weights)
     zero = output.new_zeros(())
+    valid, hole = valid_hole_l1(output, target, mask) if w["hole"] or w["valid"] else (zero, zero)
     terms: dict[str, Tensor] = {
         "l2": F.mse_loss(output, target) if w["l2"] else zero,
         "lpips": zero,
         "id": zero,
-        "hole": masked_l1(output, target, mask) if w["hole"] else zero,
-        "valid": masked_l1(output, target, 1 - mask) if w["valid"] else zero,
+        "hole": hole if w["hole"] else zero,
+        "valid": valid if w["valid"] else zero,
     }
     for name, net in (("lpips", lpips_net), ("id", id_embedder)):
         if w[name] and net is None:

@@ -63,7 +63,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from baselines.recipes import build_baseline
-from faceinpaint.models import TRAINED
+from faceinpaint.models import INPAINTERS as ALL_INPAINTERS, MODELS, TRAINED
 from faceinpaint.config import Config, load_config
 from faceinpaint.masks import square_masks
 from faceinpaint.recipes import (
@@ -103,7 +103,7 @@ REPORT = Path(os.environ.get("FACEINPAINT_BENCH_OUT") or
               ROOT / "reports" / "benchmarks" / ("models_quick.json" if QUICK else "models.json"))
 
 TRAIN_MODELS = TRAINED
-INPAINTERS = ("structure", "full", "variant1", "variant2", "pconv", "rfr")
+INPAINTERS = tuple(m for m in ALL_INPAINTERS if m in TRAINED)  # the learned ones (not the classical fill)
 _subset = [m.strip() for m in os.environ.get("FACEINPAINT_BENCH_MODELS", "").split(",") if m.strip()]
 if _subset:
     TRAIN_MODELS = tuple(m for m in TRAIN_MODELS if m in _subset)
@@ -316,7 +316,7 @@ def export_random_models(cfg: Config, names: Sequence[str]) -> None:
     ``build`` and :func:`load_inpainter` find everything a trained pipeline would leave."""
     torch.manual_seed(cfg.seed)
     names = list(names)
-    needs_structure = any(n in ("structure", "full", "variant2") for n in names)
+    needs_structure = any(n == "structure" or "structure" in MODELS[n].upstream for n in names)
     if needs_structure:
         write_random_prior(cfg)
         recipe = StructureRecipe(cfg)
@@ -327,7 +327,7 @@ def export_random_models(cfg: Config, names: Sequence[str]) -> None:
             p = cfg.texture
             g = TextureGenerator(cfg.resolution, p.base_width, p.max_width, TEXTURE_ATTENTION[name], p.softmax_scale)
             export_model(cfg, make_recipe(cfg, name), {"G": g}, MODELS_DIR / name)
-        elif name in ("pconv", "rfr"):
+        elif MODELS[name].section in ("pconv", "rfr"):
             export_model(cfg, make_recipe(cfg, name), {"net": build_baseline(cfg, name)}, MODELS_DIR / name)
 
 
