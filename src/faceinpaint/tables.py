@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from .evalformat import CLASSICAL, NOT_RUN, STAGE1, EvalResult
+from .evalformat import CLASSICAL, FACE_FD, NOT_RUN, STAGE1, EvalResult
 from .metrics import AREA_BIN_LABELS, AREA_BIN_OVERFLOW
 from .models import MODELS, TEXTURE_MODELS
 from .texture import TextureGenerator
@@ -97,6 +97,10 @@ def _caption(results: Sequence[EvalResult]) -> list[str]:
         f"FD: Frechet distance (pytorch-fid) between features of composites and originals from "
         f"`{ref['backbones']['fd']}`. The paper's FID uses Inception-v3 pool3: the columns are comparable "
         f"only when the backbone is Inception.",
+        f"FD (face): the same Frechet distance on the 128-d embeddings of the face-recognition network "
+        f"(`{FACE_FD.removeprefix('fd_')}`, face crop as for ID sim; key `{FACE_FD}`), a face-specific FD beside "
+        f"the ImageNet-backbone one. Ours and Variant 2 train with an ID loss on that network, so for them it "
+        f"is not an independent judge.",
         f"LPIPS: `{ref['backbones']['lpips']}`.",
         f"ID sim: cosine of `{ref['backbones']['id']}` embeddings of composite and original. It is the same network "
         f"as the ID loss of the structure reconstructor (PAPER.md sec. 2), so models trained with that loss "
@@ -132,6 +136,7 @@ def table_frame(names: Sequence[str], results: dict[str, EvalResult | None], eva
             "fd": r.value("fd") if r else math.nan,
             "fid_paper": paper.get("fid", math.nan),
             "fd_backbone": r.summary["backbones"]["fd"] if r else "",
+            "fd_face": float(r.summary.get(FACE_FD, math.nan)) if r else math.nan,
             "lpips": r.value("lpips") if r else math.nan,
             "lpips_backbone": r.summary["backbones"]["lpips"] if r else "",
             "id_sim": r.value("id_sim") if r else math.nan,
@@ -146,16 +151,18 @@ def table_frame(names: Sequence[str], results: dict[str, EvalResult | None], eva
 
 
 def table_markdown(title: str, frame: pd.DataFrame, results: Sequence[EvalResult]) -> str:
-    header = ["Model", "PSNR", "PSNR (paper)", "SSIM", "SSIM (paper)", "FD", "FID (paper)", "LPIPS", "ID sim", "Training"]
+    header = ["Model", "PSNR", "PSNR (paper)", "SSIM", "SSIM (paper)", "FD", "FID (paper)", "FD (face)", "LPIPS", "ID sim",
+              "Training"]
     rows = []
     for rec in frame.to_dict("records"):
         if rec["status"] == NOT_RUN:
             rows.append([rec["model"], NOT_RUN, fmt(rec["psnr_paper"], 3), NOT_RUN, fmt(rec["ssim_paper"], 3), NOT_RUN,
-                         fmt(rec["fid_paper"], 3), NOT_RUN, NOT_RUN, "—"])
+                         fmt(rec["fid_paper"], 3), NOT_RUN, NOT_RUN, NOT_RUN, "—"])
             continue
         rows.append([
             rec["model"], fmt(rec["psnr"], 3), fmt(rec["psnr_paper"], 3), fmt(rec["ssim"], 4), fmt(rec["ssim_paper"], 3),
-            fmt(rec["fd"], 3), fmt(rec["fid_paper"], 3), fmt(rec["lpips"], 4), fmt(rec["id_sim"], 4), rec["training"],
+            fmt(rec["fd"], 3), fmt(rec["fid_paper"], 3), fmt(rec["fd_face"], 5), fmt(rec["lpips"], 4), fmt(rec["id_sim"], 4),
+            rec["training"],
         ])
     caption = "\n".join(f"- {line}" for line in _caption(results))
     return f"# {title}\n\n{caption}\n\n{markdown_table(header, rows)}\n"
