@@ -12,15 +12,11 @@ case "$out" in ""|/*) ;; *) out="$root/$out" ;; esac
 work=$(mktemp -d "${TMPDIR:-/tmp}/faceinpaint-exp.XXXXXX")
 # EXP_KEEP=1 keeps the scratch repository (its path is printed) to try other views in it
 if [ -n "${EXP_KEEP:-}" ]; then echo "scratch repository: $work"; else trap 'rm -rf "$work"' EXIT; fi
-git ls-files -z | xargs -0 -I{} cp --parents {} "$work/"
-ln -s "$root/data" "$work/data"            # the pulled inputs, read-only
-cd "$work"
-export PATH="$root/.venv/bin:$PATH"
+. scripts/scratch_repo.sh
+scratch_repo "$work"
 export FACEINPAINT_MLFLOW=${FACEINPAINT_MLFLOW:-0}
-sed -i 's/^profile: .*/profile: smoke/' params.yaml
-git init -q && git add -A && git -c user.name=demo -c user.email=demo@localhost commit -qm "smoke profile"
 dvc repro
-git add -A && git -c user.name=demo -c user.email=demo@localhost commit -qm "smoke baseline run"
+git add -A && git -c user.name=scratch -c user.email=scratch@localhost commit -qm "smoke baseline run"
 # two experiments, each from the baseline commit (not one on top of the other)
 dvc exp run -n texture-40-steps -S profiles.smoke.texture.max_steps=40
 git reset -q --hard && dvc checkout -q -f

@@ -11,13 +11,9 @@ root=$PWD
 baseline=${1:-reports/baselines/smoke.json}
 work=$(mktemp -d "${TMPDIR:-/tmp}/faceinpaint-smoke.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-git ls-files -z | xargs -0 -I{} cp --parents {} "$work/"
-ln -s "$root/data" "$work/data"            # the pulled inputs, read-only
-cd "$work"
-git init -q && git add -A && git -c user.name=ci -c user.email=ci@localhost commit -qm smoke
-sed -i 's/^profile: .*/profile: smoke/' params.yaml
+. scripts/scratch_repo.sh
+scratch_repo "$work"
 if [ -n "${SMOKE_SEED:-}" ]; then sed -i "s/^seed: .*/seed: $SMOKE_SEED/" params.yaml; fi
-export PATH="$root/.venv/bin:$PATH"
 export FACEINPAINT_MLFLOW=${FACEINPAINT_MLFLOW:-0}
 # the baseline was recorded with two intra-op threads; results are bit-for-bit per thread count
 export OMP_NUM_THREADS=${SMOKE_THREADS:-2}

@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from .evalformat import CLASSICAL, FACE_FD, NOT_RUN, STAGE1, EvalResult
-from .metrics import AREA_BIN_LABELS, AREA_BIN_OVERFLOW
+from .metrics import AREA_BIN_LABELS, AREA_BIN_OVERFLOW, FACE_FD_BACKBONE
 from .models import MODELS, TEXTURE_MODELS
 from .texture import TextureGenerator
 
@@ -98,7 +98,7 @@ def _caption(results: Sequence[EvalResult]) -> list[str]:
         f"`{ref['backbones']['fd']}`. The paper's FID uses Inception-v3 pool3: the columns are comparable "
         f"only when the backbone is Inception.",
         f"FD (face): the same Frechet distance on the 128-d embeddings of the face-recognition network "
-        f"(`{FACE_FD.removeprefix('fd_')}`, face crop as for ID sim; key `{FACE_FD}`), a face-specific FD beside "
+        f"(`{FACE_FD_BACKBONE}`, face crop as for ID sim; key `{FACE_FD}`), a face-specific FD beside "
         f"the ImageNet-backbone one. Ours and Variant 2 train with an ID loss on that network, so for them it "
         f"is not an independent judge.",
         f"LPIPS: `{ref['backbones']['lpips']}`.",
