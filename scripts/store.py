@@ -3,15 +3,24 @@
 trained models' outputs in dvc.yaml), so trained models survive a fresh clone.
 
     python scripts/store.py pull            # setup: the external inputs and every stored model
-    python scripts/store.py push [STAGE..]  # after training: push, prune, `git add store`
+    python scripts/store.py push [STAGE..]  # after training: push, `git add store`, submission size
     python scripts/store.py prune           # drop objects that dvc.lock no longer references
     python scripts/store.py size            # what the store holds, per stage
+    python scripts/store.py submission      # what the commits since the pull (and the index) submit
 
 ``push`` without stages pushes every stage of dvc.lock with an output under ``artifacts/``
 (prepared data, trained models, evaluations: all carry ``remote: store``) whose files are in the
 workspace. ``prune`` keeps exactly the objects (files and ``.dir`` listings) that some
-output of dvc.lock references, so an old checkpoint leaves the store's working tree (git history
-keeps it) once its stage has moved on. Run from the repository root.
+output of dvc.lock references, so an old checkpoint leaves the store's working tree once its
+stage has moved on.
+
+Pruning does not make the repository smaller (git history keeps every object), and a removed
+object counts in a submission's diff like an added one. A submission (the commits one sitting
+lands) may carry at most 256 MiB of diffs, counted as the text of ``git diff --binary`` of each
+commit: about 1.25 times the bytes of every checkpoint added *or removed* (base85 of incompressible
+weights). So ``push`` does not prune unless asked (``push --prune``), and both ``push`` and
+``submission`` print that count against the limit: prune in a sitting that adds little.
+Run from the repository root.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STORE = ROOT / "store"
 OBJECTS = STORE / "files" / "md5"
 DVC = [sys.executable, "-m", "dvc"]
+SUBMISSION_LIMIT = 256 * 2**20   # bytes of `git diff --binary` text, summed over a submission's commits
+SITTING_BASE = ROOT / ".dvc" / "tmp" / "store_pulled_at"  # HEAD when the store was last pulled (not in git)
 
 
 def lock_outs() -> dict[str, list[dict]]:
@@ -76,6 +87,9 @@ def cmd_pull(_args) -> None:
     if stages:
         run("pull", "-q", *stages)
     print(f"stored models pulled: {', '.join(stages) or 'none'}")
+    head = _git("rev-parse", "HEAD", cwd=ROOT).decode().strip()
+    SITTING_BASE.parent.mkdir(parents=True, exist_ok=True)
+    SITTING_BASE.write_text(head + "\n")
 
 
 def cmd_push(args) -> None:
@@ -85,9 +99,12 @@ def cmd_push(args) -> None:
     if not stages:
         sys.exit("nothing to push: no trained model of dvc.lock is in the workspace")
     run("push", "-q", *stages)
-    cmd_prune(args)
+    if args.prune:
+        cmd_prune(args)
     subprocess.run(["git", "add", "-A", "store"], cwd=ROOT, check=True)
     cmd_size(args)
+    args.base = None
+    cmd_submission(args)
 
 
 def cmd_prune(_args) -> None:
@@ -108,10 +125,63 @@ def cmd_prune(_args) -> None:
 
 
 def cmd_size(_args) -> None:
-    total = sum(p.stat().st_size for p in OBJECTS.glob("*/*")) if OBJECTS.is_dir() else 0
+    objects = {p.parent.name + p.name: p.stat().st_size for p in OBJECTS.glob("*/*")} if OBJECTS.is_dir() else {}
+    keep = set()
+    for outs in lock_outs().values():
+        for o in outs:
+            if "md5" in o:
+                keep |= referenced(o["md5"])
     for stage, size in sorted(stored_stages().items()):
         print(f"{stage:24s} {size / 2**20:8.1f} MiB")
-    print(f"{'store/ in all':24s} {total / 2**20:8.1f} MiB")
+    stale = sum(size for md5, size in objects.items() if md5 not in keep)
+    if stale:
+        print(f"{'not in dvc.lock (prune)':24s} {stale / 2**20:8.1f} MiB")
+    print(f"{'store/ in all':24s} {sum(objects.values()) / 2**20:8.1f} MiB", flush=True)
+
+
+def _git(*args: str, cwd: Path) -> bytes:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True).stdout
+
+
+def _diff_bytes(repo: Path, *args: str) -> int:
+    """Length of ``git diff --binary ARGS`` (streamed: checkpoint diffs run to hundreds of MB)."""
+    proc = subprocess.Popen(["git", "diff", "--binary", "--no-color", "--no-ext-diff", *args], cwd=repo,
+                            stdout=subprocess.PIPE)
+    total = 0
+    while chunk := proc.stdout.read(1 << 20):
+        total += len(chunk)
+    if proc.wait():
+        raise subprocess.CalledProcessError(proc.returncode, proc.args)
+    return total
+
+
+def submission_bytes(repo: Path, base: str) -> dict[str, int]:
+    """The diff text a submission of ``base..HEAD`` plus the staged changes carries, per commit
+    (``git diff --binary`` of each commit against its first parent) and for the index."""
+    commits = _git("rev-list", "--reverse", "--first-parent", f"{base}..HEAD", cwd=repo).decode().split()
+    sizes = {c[:10]: _diff_bytes(repo, f"{c}^", c) for c in commits}
+    sizes["index (staged)"] = _diff_bytes(repo, "--cached", "HEAD")
+    return sizes
+
+
+def cmd_submission(args) -> None:
+    base = args.base or (SITTING_BASE.read_text().strip() if SITTING_BASE.is_file() else None)
+    if base is None:
+        sys.exit(f"no base commit: pass --base REV (the commit the sitting started from); {SITTING_BASE} is written "
+                 "by `store.py pull`")
+    sizes = submission_bytes(ROOT, base)
+    total = sum(sizes.values())
+    for name, size in sizes.items():
+        print(f"  {name:24s} {size / 2**20:8.1f} MiB")
+    sys.stdout.flush()
+    share = total / SUBMISSION_LIMIT
+    print(f"submission since {base[:10]}: {total / 2**20:.1f} MiB of diff text, {share:.0%} of the "
+          f"{SUBMISSION_LIMIT // 2**20} MiB limit", flush=True)
+    if share > 1:
+        sys.exit("over the limit: the submission would be rejected whole; store fewer checkpoints this sitting "
+                 "(and do not prune: a removed object counts too)")
+    if share > 0.85:
+        print("warning: close to the limit; add nothing large before the submission", file=sys.stderr)
 
 
 def main(argv=None) -> None:
@@ -120,9 +190,14 @@ def main(argv=None) -> None:
     sub.add_parser("pull").set_defaults(fn=cmd_pull)
     push = sub.add_parser("push")
     push.add_argument("stages", nargs="*")
+    push.add_argument("--prune", action="store_true",
+                      help="also drop unreferenced objects (each counts in the submission's diff)")
     push.set_defaults(fn=cmd_push)
     sub.add_parser("prune").set_defaults(fn=cmd_prune)
     sub.add_parser("size").set_defaults(fn=cmd_size)
+    submission = sub.add_parser("submission")
+    submission.add_argument("--base", help="the commit the sitting started from (default: HEAD at the last pull)")
+    submission.set_defaults(fn=cmd_submission)
     args = parser.parse_args(argv)
     args.fn(args)
 
