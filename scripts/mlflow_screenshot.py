@@ -2,48 +2,55 @@
 """Screenshots of the MLflow UI over this repository's real ``mlflow.db`` (the runs that
 ``dvc repro`` logged), for the README:
 
-    python scripts/mlflow_screenshot.py          # reports/mlflow_ui.png, reports/mlflow_chart.png
+    python scripts/mlflow_screenshot.py          # reports/mlflow_ui.png, reports/mlflow_compare.png
 
-``mlflow_ui.png``: the experiment's runs page, every ``pipeline ...`` parent run with its stage
-runs (``stylegan``, ``train@...``, ``evaluate@...``) nested under it. ``mlflow_chart.png``: the
-same runs in MLflow's chart view, which compares each logged metric across the runs (PSNR, SSIM,
-the FDs of the evaluations, the training losses). The UI is served by ``faceinpaint.ui`` on
-127.0.0.1 at a free port and rendered by headless Chromium (Debian's ``chromium``, which
-``scripts/setup.sh`` installs); nothing leaves this machine.
+``mlflow_ui.png``: the experiment's runs page as MLflow shows it (newest first), with every
+``pipeline ...`` parent run expanded, so its stage runs (``stylegan``, ``train@...``,
+``evaluate@...``) stand nested under it. ``mlflow_compare.png``: MLflow's run comparison of the
+newest evaluation of each model (``evaluate@...`` runs that logged ``psnr``): the parallel
+coordinates of PSNR, SSIM and both Frechet distances, and the metric table with every value.
+
+The UI is served by ``faceinpaint.ui`` on 127.0.0.1 at a free port and driven by headless
+Chromium over the DevTools protocol (:class:`faceinpaint.ui.HeadlessPage`: it clicks the
+expanders); nothing leaves this machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import subprocess
 import sys
 import tempfile
+import time
 import urllib.parse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# the run-name cell's expander: only parent runs have one
+EXPANDER = "button[data-component-id*='runnamecellrenderer']"
+COMPARED = ("psnr", "ssim", "fd_efficientnet_lite0-pool", "fd_faceapi-resnet29")
 
 
-def screenshot(chromium: str, profile: Path, url: str, out: Path, size: str, budget_ms: int) -> None:
-    from faceinpaint.ui import CHROMIUM_FLAGS, stop_group
+def newest_evaluations(runs) -> list:
+    """The newest ``evaluate@<model>`` run of each model that logged its metrics, in model order."""
+    from faceinpaint.models import INPAINTERS
 
-    cmd = [chromium, *CHROMIUM_FLAGS, "--hide-scrollbars", f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}",
-           f"--window-size={size}", f"--screenshot={out}", url]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        proc.wait(timeout=180)
-    finally:
-        stop_group(proc)
-    if not out.is_file() or out.read_bytes()[:8] != b"\x89PNG\r\n\x1a\n":
-        sys.exit(f"{out}: Chromium wrote no screenshot")
+    newest = {}
+    for run in runs:
+        name = run.info.run_name or ""
+        if name.startswith("evaluate@") and "psnr" in run.data.metrics:
+            model = name.split("@", 1)[1]
+            if model not in newest or run.info.start_time > newest[model].info.start_time:
+                newest[model] = run
+    return [newest[m] for m in INPAINTERS if m in newest]
 
 
 def main(argv=None) -> int:
     from mlflow import MlflowClient
 
     from faceinpaint import tracking
-    from faceinpaint.ui import chromium_path, free_port, server_command, start_background, stop_group, wait_until_up
+    from faceinpaint.ui import HeadlessPage, free_port, server_command, start_background, stop_group, wait_until_up
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "reports"), help="folder for the two PNGs")
@@ -54,14 +61,17 @@ def main(argv=None) -> int:
     database = Path(uri[len("sqlite:///"):])
     if not database.is_file():
         sys.exit(f"no tracking database at {database}: run `dvc repro` first (with MLflow on)")
-    chromium = chromium_path()
-    if chromium is None:
-        sys.exit("Debian's chromium is not installed (apt-get install chromium; scripts/setup.sh does it)")
-    experiment = MlflowClient(uri).get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME", tracking.DEFAULT_EXPERIMENT))
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME", tracking.DEFAULT_EXPERIMENT))
     if experiment is None:
         sys.exit(f"{database}: no experiment {tracking.DEFAULT_EXPERIMENT!r}")
-    runs = MlflowClient(uri).search_runs([experiment.experiment_id], max_results=500)
-    print(f"{database}: {len(runs)} runs in {experiment.name!r}")
+    runs = client.search_runs([experiment.experiment_id], max_results=500)
+    evaluations = newest_evaluations(runs)
+    print(f"{database}: {len(runs)} runs in {experiment.name!r}; comparing "
+          f"{', '.join(r.info.run_name for r in evaluations) or 'no evaluations'}")
+    width, height = (int(v) for v in args.size.split(","))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "server.log"
@@ -69,19 +79,39 @@ def main(argv=None) -> int:
         try:
             base = f"http://127.0.0.1:{port}"
             wait_until_up(f"{base}/health", proc, log, seconds=120)
-            page = f"{base}/#/experiments/{experiment.experiment_id}/runs"
-            # sorted by run name the table lists every run flat (sorted by time it folds the stage runs
-            # under their parent); "pipeline ..." parents sort after "evaluate@..." and before "train@..."
-            order = "orderByKey=" + urllib.parse.quote("tags.`mlflow.runName`") + "&orderByAsc=true"
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
-            screenshot(chromium, Path(tmp) / "chromium", f"{page}?{order}", out / "mlflow_ui.png", args.size, 30000)
-            screenshot(chromium, Path(tmp) / "chromium", f"{page}?{order}&compareRunsMode=CHART", out / "mlflow_chart.png",
-                       args.size, 40000)
+            with HeadlessPage((width, height)) as page:
+                page.goto(f"{base}/#/experiments/{experiment.experiment_id}/runs",
+                          ready=f"!!document.querySelector(\"{EXPANDER}\")")
+                # runs shown (the grid draws each row once per column section)
+                rows = "new Set([...document.querySelectorAll('[role=row][row-id]')].map(r => r.getAttribute('row-id'))).size"
+                folded = page.evaluate(rows)
+                page.evaluate(f"document.querySelectorAll(\"{EXPANDER}\").forEach(b => b.click())")
+                page.wait_for(f"{rows} > {folded}", what="the stage runs under their parents")
+                page.evaluate("document.querySelectorAll('button[aria-label=Close]').forEach(b => b.click())")  # assistant panel
+                time.sleep(2)
+                page.screenshot(out / "mlflow_ui.png")
+                print(f"runs page: {folded} rows folded, {page.evaluate(rows)} expanded")
+                if evaluations:
+                    ids = json.dumps([r.info.run_id for r in evaluations])
+                    query = urllib.parse.urlencode({"runs": ids, "experiments": json.dumps([experiment.experiment_id])})
+                    page.goto(f"{base}/#/compare-runs?{query}", ready="document.body.innerText.includes('Run details')")
+                    choose_compared_metrics(page)
+                    page.screenshot(out / "mlflow_compare.png")
         finally:
             stop_group(proc)
-    print(f"wrote {out / 'mlflow_ui.png'}, {out / 'mlflow_chart.png'}")
+    print(f"wrote {out / 'mlflow_ui.png'}" + (f", {out / 'mlflow_compare.png'}" if evaluations else ""))
     return 0
+
+
+def choose_compared_metrics(page) -> None:
+    """Show the compared metrics' table rows right under the plot: the page lists every param
+    first, so fold the params section, keeping the run details and the metric table."""
+    page.evaluate("""(() => {
+        const heads = [...document.querySelectorAll('h2, h3, [role=button]')];
+        const params = heads.find(h => /^Parameters/.test(h.innerText.trim()));
+        if (params) params.click();
+    })()""")
+    time.sleep(2)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 127.0.0.1, and read what headless Chromium renders of the React app."""
 
 import html
+import importlib.util
 import io
 import json
 import os
@@ -28,6 +29,7 @@ from faceinpaint.ui import (CHROMIUM_FLAGS, UIError, chromium_path, free_port, s
 CHROMIUM = chromium_path()
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (`apt-get install chromium`; .ci/run installs it)")
+ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = "uitest"
 STAGES = {"train@structure": "structure", "train@full": "full"}
 STEPS = 5
@@ -205,6 +207,40 @@ def test_runs_page_lists_the_pipeline_and_its_stage_runs(ui_server):
     assert pixels.shape == (1000, 1600, 3)
     assert pixels.var() > 100  # a rendered page, not a blank or single-colour one
     # the committed reports/mlflow_ui.png shows real pipeline runs; this one stays in the temp dir
+
+
+@needs_chromium
+def test_headless_page_expands_the_parent_to_show_its_stage_runs(ui_server, tmp_path):
+    """What scripts/mlflow_screenshot.py does: MLflow's default view (newest first) folds the stage
+    runs under their parent; clicking the expander shows them, nested, with the ids MLflow stored."""
+    from faceinpaint.ui import HeadlessPage
+
+    spec = importlib.util.spec_from_file_location("mlflow_screenshot", ROOT / "scripts" / "mlflow_screenshot.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    # the grid draws each row once per column section (pinned and scrolled): one entry per run id
+    rows = """(() => { const seen = {};
+        document.querySelectorAll('[role=row][row-id]').forEach(r => {
+            const id = r.getAttribute('row-id'); seen[id] = (seen[id] || '') + ' ' + r.innerText; });
+        return Object.entries(seen); })()"""
+    parent = ui_server.run_ids[f"pipeline {PIPELINE}"]
+    with HeadlessPage((1600, 1000)) as page:
+        page.goto(f"{ui_server.base}/#/experiments/{ui_server.experiment_id}/runs",
+                  ready=f"!!document.querySelector(\"{script.EXPANDER}\")")
+        folded = page.evaluate(rows)
+        assert [row_id for row_id, _ in folded] == [parent]
+        assert page.evaluate(f"document.querySelectorAll(\"{script.EXPANDER}\").length") == 1  # the parent's only
+        page.evaluate(f"document.querySelector(\"{script.EXPANDER}\").click()")
+        page.wait_for(f"new Set([...document.querySelectorAll('[role=row][row-id]')].map(r => r.getAttribute('row-id')))"
+                      f".size == {len(ui_server.run_ids)}")
+        expanded = dict(page.evaluate(rows))
+        shot = page.screenshot(tmp_path / "runs.png")
+    assert list(expanded)[0] == parent
+    assert set(expanded) == set(ui_server.run_ids.values())
+    for name, run_id in ui_server.run_ids.items():
+        assert name in expanded[run_id]
+    pixels = np.asarray(Image.open(shot).convert("RGB"), np.float32)
+    assert pixels.shape == (1000, 1600, 3) and pixels.var() > 100
 
 
 @needs_chromium

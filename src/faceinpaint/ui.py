@@ -159,3 +159,121 @@ def stop_group(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
+
+
+class HeadlessPage:
+    """One headless Chromium tab driven over the DevTools protocol, for what a command line alone
+    cannot do: click (expand the nested runs) before the screenshot. The protocol's websocket is
+    aiohttp's client (already installed with DVC); Chromium listens on a loopback port it picks.
+
+        with HeadlessPage((1900, 1100)) as page:
+            page.goto(url, ready="document.querySelectorAll('[role=row]').length > 2")
+            page.evaluate("document.querySelector('button').click()")
+            page.screenshot(Path("shot.png"))
+    """
+
+    def __init__(self, size: tuple[int, int] = (1600, 1000), chromium: str | None = None, timeout: float = 120):
+        self.size, self.timeout = size, timeout
+        self.chromium = chromium or chromium_path()
+        if self.chromium is None:
+            raise UIError("Debian's chromium is not installed (apt-get install chromium; scripts/setup.sh does it)")
+        self._ids = 0
+
+    def __enter__(self) -> "HeadlessPage":
+        import asyncio
+        import json
+        import tempfile
+
+        self._profile = tempfile.TemporaryDirectory()
+        self._proc = subprocess.Popen(
+            [self.chromium, *CHROMIUM_FLAGS, "--hide-scrollbars", f"--user-data-dir={self._profile.name}",
+             "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+             f"--window-size={self.size[0]},{self.size[1]}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            port_file = Path(self._profile.name) / "DevToolsActivePort"  # "<port>\n<browser path>" once listening
+            deadline = time.monotonic() + 60
+            while not (port_file.is_file() and len(port_file.read_text().split()) >= 2):
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    raise UIError(f"{self.chromium} did not open its DevTools port (exit code {self._proc.poll()})")
+                time.sleep(0.1)
+            port = int(port_file.read_text().split()[0])
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+                pages = [t for t in json.load(r) if t.get("type") == "page"]
+            self._loop = asyncio.new_event_loop()
+            self._ws_url = pages[0]["webSocketDebuggerUrl"]
+            self._run(self._connect())
+            self.call("Page.enable")
+            # the viewport itself, not the window less Chromium's frame: screenshots are exactly this size
+            self.call("Emulation.setDeviceMetricsOverride", width=self.size[0], height=self.size[1],
+                      deviceScaleFactor=1, mobile=False)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if getattr(self, "_loop", None) is not None:
+            self._run(self._disconnect())
+            self._loop.close()
+            self._loop = None
+        stop_group(self._proc)
+        self._profile.cleanup()
+
+    def _run(self, coroutine):
+        import asyncio
+
+        return self._loop.run_until_complete(asyncio.wait_for(coroutine, self.timeout))
+
+    async def _connect(self) -> None:
+        import aiohttp
+
+        self._session = aiohttp.ClientSession()
+        self._ws = await self._session.ws_connect(self._ws_url, max_msg_size=0)
+
+    async def _disconnect(self) -> None:
+        if getattr(self, "_ws", None) is not None:
+            await self._ws.close()
+        if getattr(self, "_session", None) is not None:
+            await self._session.close()
+
+    async def _call(self, method: str, params: dict) -> dict:
+        self._ids += 1
+        await self._ws.send_json({"id": self._ids, "method": method, "params": params})
+        while True:  # events arrive in between; the answer carries our id
+            message = await self._ws.receive_json()
+            if message.get("id") == self._ids:
+                if "error" in message:
+                    raise UIError(f"DevTools {method}: {message['error']}")
+                return message.get("result", {})
+
+    def call(self, method: str, **params) -> dict:
+        """One DevTools protocol command; its result."""
+        return self._run(self._call(method, params))
+
+    def evaluate(self, expression: str):
+        """The value of a JavaScript expression in the page (promises awaited)."""
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise UIError(f"{expression[:80]!r} threw: {result['exceptionDetails'].get('text')}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, seconds: float = 60, what: str | None = None) -> None:
+        """Poll ``expression`` until it is truthy; :class:`UIError` after ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while not self.evaluate(expression):
+            if time.monotonic() > deadline:
+                raise UIError(f"{what or expression[:80]!r} not shown within {seconds} s")
+            time.sleep(0.5)
+
+    def goto(self, address: str, ready: str | None = None, seconds: float = 90) -> None:
+        self.call("Page.navigate", url=address)
+        if ready:
+            self.wait_for(ready, seconds)
+
+    def screenshot(self, out: Path) -> Path:
+        import base64
+
+        data = self.call("Page.captureScreenshot", format="png")["data"]
+        Path(out).write_bytes(base64.b64decode(data))
+        return Path(out)
