@@ -470,3 +470,34 @@ def test_claims_against_budget_count_the_comparisons_won_at_each_shared_budget()
     page = verdicts_by_budget_markdown(frame, 200)
     assert "| 2.0k | not run | ahead 3/3 | behind 0/3 |" in page and "first 200 test images" in page
     assert verdicts_by_budget_markdown(verdicts_by_budget({}, classical), 200).endswith("No learning-curve points yet.\n")
+
+
+def test_prior_checks_keep_one_row_per_sitting_and_run(tmp_path):
+    """The stylegan stage's end-of-sitting checks: a row per budget, a repeated budget replaces its
+    row, another run's rows stay but the figure reads only the newest run's."""
+    from faceinpaint.figures import plot_prior_curve, prior_checks
+    from faceinpaint.stages import PRIOR_CHECKS, append_prior_check
+
+    path = tmp_path / PRIOR_CHECKS
+    fd, face = "fd_efficientnet_lite0-pool", "fd_faceapi-resnet29"
+    check = lambda a, b: {fd: a, face: b, "fd_samples": 1200}  # noqa: E731
+    append_prior_check(path, "old", 100, 1600, check(300.0, 0.2))
+    append_prior_check(path, "run1", 4211, 67376, check(69.67, 0.0713))
+    append_prior_check(path, "run1", 8000, 128000, check(45.70, 0.0459))
+    append_prior_check(path, "run1", 8000, 128000, check(45.71, 0.0460))  # the stage re-run at the same budget
+    append_prior_check(path, "run1", 10603, 169648, check(38.76, 0.0380))
+    table = pd.read_csv(path)
+    assert list(table.columns[:3]) == ["run", "step", "images_seen"]
+    assert table["run"].tolist() == ["run1", "run1", "run1", "old"]
+    assert table["images_seen"].tolist() == [67376, 128000, 169648, 1600]
+    assert table[fd].tolist() == [69.67, 45.71, 38.76, 300.0]
+    shown = prior_checks(tmp_path)
+    assert shown["images_seen"].tolist() == [67376, 128000, 169648] and set(shown["run"]) == {"run1"}
+
+    append_prior_check(path, "old", 200, 3200, check(250.0, 0.15))  # the old identity trains again: now newest
+    assert prior_checks(tmp_path)["images_seen"].tolist() == [1600, 3200]
+    pd.DataFrame({"images_seen": [2000], "step": [125], fd: [300.0], face: [0.18],
+                  "fd_samples": [600]}).to_csv(tmp_path / "curve_stylegan.csv", index=False)
+    assert plot_prior_curve(tmp_path, tmp_path / "prior.png")
+    with Image.open(tmp_path / "prior.png") as im:
+        assert im.format == "PNG"

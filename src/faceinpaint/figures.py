@@ -196,22 +196,44 @@ def plot_learning_curves(plots_dir: str | Path, path: Path, classical: EvalResul
     return [m for m, _ in frames]
 
 
+def prior_checks(plots_dir: str | Path) -> pd.DataFrame:
+    """The full quality checks of the latest prior run at the end of each of its sittings
+    (``prior_checks.csv``, written by the stylegan stage, newest run's rows first)."""
+    path = Path(plots_dir) / "prior_checks.csv"
+    df = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    return df[df["run"] == df["run"].iloc[0]].sort_values("images_seen") if len(df) else df
+
+
 def plot_prior_curve(plots_dir: str | Path, path: Path) -> bool:
-    """The prior's two Frechet distances against images shown (``curve_stylegan.csv``)."""
+    """The prior's two Frechet distances against images shown: the run's log-spaced curve points
+    (``curve_stylegan.csv``, filled markers) and the full check at the end of each sitting
+    (``prior_checks.csv``, hollow markers, more samples)."""
     csv_path = Path(plots_dir) / "curve_stylegan.csv"
     df = pd.read_csv(csv_path) if csv_path.is_file() else pd.DataFrame()
+    checks = prior_checks(plots_dir)
     fig = Figure(figsize=(6.4, 3.6), dpi=FIGURE_DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     if len(df):
         fid_col = curve_column(df, "fd")
-        ax.plot(df["images_seen"], df[fid_col], marker="o", color="tab:blue", label=fid_col)
-        ax.set_ylabel(fid_col, color="tab:blue", fontsize=8)
         twin = ax.twinx()
-        twin.plot(df["images_seen"], df[FACE_FD], marker="s", color="tab:red", label=FACE_FD)
-        twin.set_ylabel(FACE_FD, color="tab:red", fontsize=8)
         n = int(df["fd_samples"].iloc[-1]) if "fd_samples" in df else None
-        ax.set_title(f"StyleGAN2 prior: FD of {n} samples to {n} test faces", fontsize=9)
+        ax.plot(df["images_seen"], df[fid_col], marker="o", color="tab:blue", label=f"{fid_col} ({n} samples)")
+        twin.plot(df["images_seen"], df[FACE_FD], marker="s", color="tab:red", label=f"{FACE_FD} ({n} samples)")
+        title = f"StyleGAN2 prior: FD of {n} samples to {n} test faces"
+        if len(checks) and fid_col in checks:
+            m = int(checks["fd_samples"].iloc[-1])
+            ax.plot(checks["images_seen"], checks[fid_col], ls="--", marker="o", mfc="white", color="tab:blue",
+                    label=f"{fid_col}, end of a sitting ({m} samples)")
+            twin.plot(checks["images_seen"], checks[FACE_FD], ls="--", marker="s", mfc="white", color="tab:red",
+                      label=f"{FACE_FD}, end of a sitting ({m} samples)")
+            title = (f"StyleGAN2 prior: FD to the test faces ({n} samples at log-spaced budgets, "
+                     f"{m} at the end of each sitting, hollow)")
+        ax.set_ylabel(fid_col, color="tab:blue", fontsize=8)
+        twin.set_ylabel(FACE_FD, color="tab:red", fontsize=8)
+        handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+        ax.legend(handles, [h.get_label() for h in handles], fontsize=6, loc="upper right")
+        ax.set_title(title, fontsize=8)
     else:
         ax.text(0.5, 0.5, "no prior curve yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xscale("log")

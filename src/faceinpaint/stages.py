@@ -153,6 +153,30 @@ def write_curve_plot(curve_path: Path, plot_path: Path) -> None:
             w.writerow([r["images_seen"], r["step"], *(r.get(k, "") for k in keys)])
 
 
+PRIOR_CHECKS = "prior_checks.csv"
+
+
+def append_prior_check(path: Path, run: str, step: int, images_seen: int, quality: dict) -> None:
+    """Keep the prior's full quality check (``prior.json``: both FDs, their sample count) of every
+    budget the stage ended at, one row per (run, images shown). The stage ends once per training
+    sitting, so the rows are the prior's curve at the end of each sitting, beside the log-spaced
+    curve points of the run. The file persists across runs of the stage (``persist: true``); a
+    repeated budget replaces its row, and rows of other runs (identities) stay, marked by ``run``."""
+    rows = []
+    if path.is_file():
+        with path.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if not (r["run"] == run and int(r["images_seen"]) == images_seen)]
+    rows.append({"run": run, "step": step, "images_seen": images_seen, **quality})
+    rows.sort(key=lambda r: (r["run"] != run, int(r["images_seen"])))
+    columns = ["run", "step", "images_seen"]
+    columns += sorted({k for r in rows for k in r} - set(columns))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def train_stage(cfg: Config, name: str, device="cpu") -> dict:
     from .training import train
 
@@ -185,6 +209,7 @@ def train_stage(cfg: Config, name: str, device="cpu") -> dict:
     if name == "stylegan":  # the prior's own metric file: images shown and the FDs of its samples
         quality = prior_quality(cfg, modules["G_ema"], device, cfg.evaluate.max_test_images)
         (METRICS_DIR / "prior.json").write_text(json.dumps({"images_seen": result.images_seen, **quality}, indent=2) + "\n")
+        append_prior_check(PLOTS_DIR / PRIOR_CHECKS, out_dir.name, result.step, result.images_seen, quality)
     (METRICS_DIR / f"train_{name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_loss_plot(out_dir / "stats.jsonl", PLOTS_DIR / f"train_{name}.csv")
     write_curve_plot(out_dir / CURVE_FILE, PLOTS_DIR / f"curve_{name}.csv")
