@@ -213,12 +213,16 @@ class HeadlessPage:
         return self
 
     def __exit__(self, *exc) -> None:
-        if getattr(self, "_loop", None) is not None:
-            self._run(self._disconnect())
-            self._loop.close()
-            self._loop = None
-        stop_group(self._proc)
-        self._profile.cleanup()
+        try:
+            if getattr(self, "_loop", None) is not None:
+                try:
+                    self._run(self._disconnect())
+                finally:
+                    self._loop.close()
+                    self._loop = None
+        finally:
+            stop_group(self._proc)
+            self._profile.cleanup()
 
     def _run(self, coroutine):
         import asyncio
