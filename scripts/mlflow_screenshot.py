@@ -7,8 +7,9 @@
 ``mlflow_ui.png``: the experiment's runs page as MLflow shows it (newest first), with every
 ``pipeline ...`` parent run expanded, so its stage runs (``stylegan``, ``train@...``,
 ``evaluate@...``) stand nested under it. ``mlflow_compare.png``: MLflow's run comparison of the
-newest evaluation of each model (``evaluate@...`` runs that logged ``psnr``): the parallel
-coordinates of PSNR, SSIM and both Frechet distances, and the metric table with every value.
+newest evaluation of each model (``evaluate@...`` runs that logged ``psnr``): the run details and the metric table, side by
+side (MLflow's table box shows its first seven rows, sorted by name: the FDs, hole L1, ID
+similarity, images shown, LPIPS; PSNR and SSIM are below its fold).
 
 The UI is served by ``faceinpaint.ui`` on 127.0.0.1 at a free port and driven by headless
 Chromium over the DevTools protocol (:class:`faceinpaint.ui.HeadlessPage`: it clicks the
@@ -29,7 +30,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # the run-name cell's expander: only parent runs have one
 EXPANDER = "button[data-component-id*='runnamecellrenderer']"
-COMPARED = ("psnr", "ssim", "fd_efficientnet_lite0-pool", "fd_faceapi-resnet29")
 
 
 def newest_evaluations(runs) -> list:
@@ -104,13 +104,15 @@ def main(argv=None) -> int:
 
 
 def choose_compared_metrics(page) -> None:
-    """Show the compared metrics' table rows right under the plot: the page lists every param
-    first, so fold the params section, keeping the run details and the metric table."""
-    page.evaluate("""(() => {
+    """Bring the metric table (every value, exact) to the top: fold the plots and the params
+    sections, which the page shows first."""
+    folded = page.evaluate("""(() => {
         const heads = [...document.querySelectorAll('h2, h3, [role=button]')];
-        const params = heads.find(h => /^Parameters/.test(h.innerText.trim()));
-        if (params) params.click();
+        const fold = name => { const h = heads.find(h => h.innerText.trim().startsWith(name)); if (h) h.click(); return !!h; };
+        return ['Visualizations', 'Parameters'].filter(fold);
     })()""")
+    if len(folded) != 2:
+        print(f"warning: folded only {folded} of the compare page's sections", file=sys.stderr)
     time.sleep(2)
 
 
