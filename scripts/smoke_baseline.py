@@ -1,4 +1,4 @@
-"""Write reports/baselines/smoke.json from a smoke run's metrics.
+"""Write reports/baselines/smoke-<numerics kind>.json from a smoke run's metrics.
 
     SMOKE_OUT=/tmp/s0 bash scripts/smoke_repro.sh       # fails while the baseline is stale
     .venv/bin/python scripts/smoke_baseline.py /tmp/s0/metrics.json
@@ -13,12 +13,15 @@ import json
 import sys
 from pathlib import Path
 
-from faceinpaint.regression import DEFAULT_REL_TOLERANCE
+from faceinpaint.regression import DEFAULT_REL_TOLERANCE, numerics_kind
 
 
-def main(run_metrics: str, out: str = "reports/baselines/smoke.json") -> None:
+def main(run_metrics: str, out: str | None = None) -> None:
+    kind = numerics_kind()
+    out = out or f"reports/baselines/smoke-{kind}.json"  # one per CPU kind (faceinpaint.regression)
     doc = {
         "what": "smoke-profile metrics (seed 0) that scripts/smoke_repro.sh requires exactly",
+        "numerics_kind": kind,
         "rel_tolerance": DEFAULT_REL_TOLERANCE,
         "metrics": json.loads(Path(run_metrics).read_text()),
     }

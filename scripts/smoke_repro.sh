@@ -8,7 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-baseline=${1:-reports/baselines/smoke.json}
+# this CPU kind's baseline (faceinpaint.regression.baseline_path): roundings differ across CPUs
+baseline=${1:-$("$root/.venv/bin/python" -c "from faceinpaint.regression import baseline_path as b; print(b('reports/baselines/smoke.json'))")}
+echo "smoke baseline: $baseline"
 work=$(mktemp -d "${TMPDIR:-/tmp}/faceinpaint-smoke.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 . scripts/scratch_repo.sh

@@ -6,6 +6,12 @@ profile are bit-for-bit reproducible on one machine kind, so any metric that mov
 ``CHANGED`` and fails the check, as does a metric that is ``MISSING`` from the run or ``NEW`` in
 it. A change that moves the metrics on purpose regenerates the baseline in the same commit
 (``scripts/smoke_baseline.py``) and pastes this check's table into the commit message.
+
+"One machine kind" is narrower than it looks: the same wheel computes other roundings on another
+CPU (a smoke run on an Intel Xeon with AVX-512 moved PSNR by up to 0.15 dB against the AMD EPYC
+(AVX2) baseline, and forcing AVX2 code paths did not restore it). So each baseline is kept per
+:func:`numerics_kind` (``smoke-GenuineIntel-AVX512.json`` beside ``smoke.json``, which was
+recorded on ``AuthenticAMD-AVX2``): :func:`baseline_path` picks this machine's.
 """
 
 from __future__ import annotations
@@ -17,6 +23,28 @@ from pathlib import Path
 from .config import flatten
 from .metrics import HIGHER_IS_BETTER  # the metric kinds a metrics file is checked on
 DEFAULT_REL_TOLERANCE = 1e-6
+
+
+def numerics_kind() -> str:
+    """The CPU vendor and the widest vector ISA PyTorch dispatches to on this machine, e.g.
+    ``AuthenticAMD-AVX2`` or ``GenuineIntel-AVX512``: same-seed runs are bit-identical within a
+    kind, not across kinds."""
+    import torch
+
+    vendor = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            vendor = next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), vendor)
+    except OSError:
+        pass
+    return f"{vendor}-{torch.backends.cpu.get_cpu_capability()}"
+
+
+def baseline_path(default: str | Path, kind: str | None = None) -> Path:
+    """``<stem>-<kind><suffix>`` beside ``default`` if that file exists, else ``default``."""
+    default = Path(default)
+    own = default.with_name(f"{default.stem}-{kind or numerics_kind()}{default.suffix}")
+    return own if own.is_file() else default
 
 
 def metric_kind(name: str) -> str | None:
