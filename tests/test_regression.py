@@ -32,3 +32,22 @@ def test_check_files(tmp_path):
     assert not ok and "CHANGED" in table
     with pytest.raises(FileNotFoundError, match="missing.json"):
         check(tmp_path / "missing.json", tmp_path / "base.json")
+
+
+def test_baseline_path_takes_this_cpu_kinds_file_when_there_is_one(tmp_path):
+    import torch
+
+    from faceinpaint.regression import baseline_path, numerics_kind
+
+    kind = numerics_kind()
+    vendor, isa = kind.rsplit("-", 1)
+    assert isa == torch.backends.cpu.get_cpu_capability() and vendor
+    default = tmp_path / "smoke.json"
+    default.write_text("{}")
+    assert baseline_path(default) == default  # no file for this kind: the default
+    (tmp_path / "smoke-OtherVendor-AVX2.json").write_text("{}")
+    assert baseline_path(default) == default
+    own = tmp_path / f"smoke-{kind}.json"
+    own.write_text("{}")
+    assert baseline_path(default) == own
+    assert baseline_path(default, "OtherVendor-AVX2") == tmp_path / "smoke-OtherVendor-AVX2.json"
