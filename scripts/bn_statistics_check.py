@@ -38,6 +38,7 @@ def batch_statistics(model: torch.nn.Module) -> int:
 
 def main(argv=None) -> int:
     from faceinpaint.config import load_config
+    from faceinpaint.evalformat import FACE_FD
     from faceinpaint.evaluate import CurveEvaluator
     from faceinpaint.recipes import load_inpainter
 
@@ -60,9 +61,9 @@ def main(argv=None) -> int:
         doc[name] = {"images_seen": progress["images_seen"], "batch_norm_layers": layers,
                      "test_images": cfg.evaluate.curve_images, "batch_size": cfg.evaluate.batch_size,
                      "running_statistics": running, "test_batch_statistics": batch}
+        fd = next(k for k in running if k.startswith("fd_") and k != FACE_FD)  # its key names the backbone
         print(f"{name} ({progress['images_seen']} images): PSNR {running['psnr']:.3f} with running statistics, "
-              f"{batch['psnr']:.3f} with the test batch's; FD {running['fd_efficientnet_lite0-pool']:.3f} / "
-              f"{batch['fd_efficientnet_lite0-pool']:.3f}")
+              f"{batch['psnr']:.3f} with the test batch's; {fd} {running[fd]:.3f} / {batch[fd]:.3f}")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(doc, indent=2) + "\n")
     return 0

@@ -28,8 +28,6 @@ import urllib.parse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# the run-name cell's expander: only parent runs have one
-EXPANDER = "button[data-component-id*='runnamecellrenderer']"
 
 
 def newest_evaluations(runs) -> list:
@@ -50,7 +48,8 @@ def main(argv=None) -> int:
     from mlflow import MlflowClient
 
     from faceinpaint import tracking
-    from faceinpaint.ui import HeadlessPage, free_port, server_command, start_background, stop_group, wait_until_up
+    from faceinpaint.ui import (MLFLOW_RUN_EXPANDER, MLFLOW_SHOWN_RUN_IDS, HeadlessPage, free_port, server_command,
+                                start_background, stop_group, wait_until_up)
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "reports"), help="folder for the two PNGs")
@@ -81,11 +80,10 @@ def main(argv=None) -> int:
             wait_until_up(f"{base}/health", proc, log, seconds=120)
             with HeadlessPage((width, height)) as page:
                 page.goto(f"{base}/#/experiments/{experiment.experiment_id}/runs",
-                          ready=f"!!document.querySelector(\"{EXPANDER}\")")
-                # runs shown (the grid draws each row once per column section)
-                rows = "new Set([...document.querySelectorAll('[role=row][row-id]')].map(r => r.getAttribute('row-id'))).size"
+                          ready=f"!!document.querySelector(\"{MLFLOW_RUN_EXPANDER}\")")
+                rows = f"{MLFLOW_SHOWN_RUN_IDS}.length"
                 folded = page.evaluate(rows)
-                page.evaluate(f"document.querySelectorAll(\"{EXPANDER}\").forEach(b => b.click())")
+                page.evaluate(f"document.querySelectorAll(\"{MLFLOW_RUN_EXPANDER}\").forEach(b => b.click())")
                 page.wait_for(f"{rows} > {folded}", what="the stage runs under their parents")
                 page.evaluate("document.querySelectorAll('button[aria-label=Close]').forEach(b => b.click())")  # assistant panel
                 time.sleep(2)
@@ -95,7 +93,7 @@ def main(argv=None) -> int:
                     ids = json.dumps([r.info.run_id for r in evaluations])
                     query = urllib.parse.urlencode({"runs": ids, "experiments": json.dumps([experiment.experiment_id])})
                     page.goto(f"{base}/#/compare-runs?{query}", ready="document.body.innerText.includes('Run details')")
-                    choose_compared_metrics(page)
+                    fold_compare_sections(page)
                     page.screenshot(out / "mlflow_compare.png")
         finally:
             stop_group(proc)
@@ -103,7 +101,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def choose_compared_metrics(page) -> None:
+def fold_compare_sections(page) -> None:
     """Bring the metric table (every value, exact) to the top: fold the plots and the params
     sections, which the page shows first."""
     folded = page.evaluate("""(() => {

@@ -17,8 +17,8 @@ stage has moved on.
 Pruning does not make the repository smaller (git history keeps every object), and a removed
 object counts in a submission's diff like an added one. A submission (the commits one sitting
 lands) may carry at most 256 MiB of diffs, counted as the text of ``git diff --binary`` of each
-commit: about 1.25 times the bytes of every checkpoint added *or removed* (base85 of incompressible
-weights). So ``push`` does not prune unless asked (``push --prune``), and both ``push`` and
+commit: about 1.29 times the bytes of every checkpoint added *or removed* (base85 lines of incompressible
+weights: 67 characters per 52 bytes). So ``push`` does not prune unless asked (``push --prune``), and both ``push`` and
 ``submission`` print that count against the limit: prune in a sitting that adds little.
 Run from the repository root.
 """
@@ -107,12 +107,18 @@ def cmd_push(args) -> None:
     cmd_submission(args)
 
 
-def cmd_prune(_args) -> None:
+def lock_objects() -> set[str]:
+    """Every object id (files and ``.dir`` listings) that some output of dvc.lock references."""
     keep = set()
     for outs in lock_outs().values():
         for o in outs:
             if "md5" in o:
                 keep |= referenced(o["md5"])
+    return keep
+
+
+def cmd_prune(_args) -> None:
+    keep = lock_objects()
     removed = 0
     for path in sorted(OBJECTS.glob("*/*")) if OBJECTS.is_dir() else []:
         if path.parent.name + path.name not in keep:
@@ -126,11 +132,7 @@ def cmd_prune(_args) -> None:
 
 def cmd_size(_args) -> None:
     objects = {p.parent.name + p.name: p.stat().st_size for p in OBJECTS.glob("*/*")} if OBJECTS.is_dir() else {}
-    keep = set()
-    for outs in lock_outs().values():
-        for o in outs:
-            if "md5" in o:
-                keep |= referenced(o["md5"])
+    keep = lock_objects()
     for stage, size in sorted(stored_stages().items()):
         print(f"{stage:24s} {size / 2**20:8.1f} MiB")
     stale = sum(size for md5, size in objects.items() if md5 not in keep)

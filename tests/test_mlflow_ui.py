@@ -3,7 +3,6 @@
 127.0.0.1, and read what headless Chromium renders of the React app."""
 
 import html
-import importlib.util
 import io
 import json
 import os
@@ -29,7 +28,6 @@ from faceinpaint.ui import (CHROMIUM_FLAGS, UIError, chromium_path, free_port, s
 CHROMIUM = chromium_path()
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (`apt-get install chromium`; .ci/run installs it)")
-ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = "uitest"
 STAGES = {"train@structure": "structure", "train@full": "full"}
 STEPS = 5
@@ -213,27 +211,21 @@ def test_runs_page_lists_the_pipeline_and_its_stage_runs(ui_server):
 def test_headless_page_expands_the_parent_to_show_its_stage_runs(ui_server, tmp_path):
     """What scripts/mlflow_screenshot.py does: MLflow's default view (newest first) folds the stage
     runs under their parent; clicking the expander shows them, nested, with the ids MLflow stored."""
-    from faceinpaint.ui import HeadlessPage
+    from faceinpaint.ui import MLFLOW_RUN_EXPANDER, MLFLOW_SHOWN_RUN_IDS, HeadlessPage
 
-    spec = importlib.util.spec_from_file_location("mlflow_screenshot", ROOT / "scripts" / "mlflow_screenshot.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    # the grid draws each row once per column section (pinned and scrolled): one entry per run id
-    rows = """(() => { const seen = {};
-        document.querySelectorAll('[role=row][row-id]').forEach(r => {
-            const id = r.getAttribute('row-id'); seen[id] = (seen[id] || '') + ' ' + r.innerText; });
-        return Object.entries(seen); })()"""
+    # run id -> the text of its row (all column sections)
+    rows = f"""Object.fromEntries({MLFLOW_SHOWN_RUN_IDS}.map(id => [id,
+        [...document.querySelectorAll(`[role=row][row-id="${{id}}"]`)].map(r => r.innerText).join(' ')]))"""
     parent = ui_server.run_ids[f"pipeline {PIPELINE}"]
     with HeadlessPage((1600, 1000)) as page:
         page.goto(f"{ui_server.base}/#/experiments/{ui_server.experiment_id}/runs",
-                  ready=f"!!document.querySelector(\"{script.EXPANDER}\")")
-        folded = page.evaluate(rows)
+                  ready=f"!!document.querySelector(\"{MLFLOW_RUN_EXPANDER}\")")
+        folded = list(page.evaluate(rows).items())
         assert [row_id for row_id, _ in folded] == [parent]
-        assert page.evaluate(f"document.querySelectorAll(\"{script.EXPANDER}\").length") == 1  # the parent's only
-        page.evaluate(f"document.querySelector(\"{script.EXPANDER}\").click()")
-        page.wait_for(f"new Set([...document.querySelectorAll('[role=row][row-id]')].map(r => r.getAttribute('row-id')))"
-                      f".size == {len(ui_server.run_ids)}")
-        expanded = dict(page.evaluate(rows))
+        assert page.evaluate(f"document.querySelectorAll(\"{MLFLOW_RUN_EXPANDER}\").length") == 1  # the parent's only
+        page.evaluate(f"document.querySelector(\"{MLFLOW_RUN_EXPANDER}\").click()")
+        page.wait_for(f"{MLFLOW_SHOWN_RUN_IDS}.length == {len(ui_server.run_ids)}")
+        expanded = page.evaluate(rows)
         shot = page.screenshot(tmp_path / "runs.png")
     assert list(expanded)[0] == parent
     assert set(expanded) == set(ui_server.run_ids.values())

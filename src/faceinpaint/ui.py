@@ -161,6 +161,13 @@ def stop_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+# MLflow's runs page, for HeadlessPage.evaluate: the run-name cell's expander (only parent runs
+# have one), and the ids of the runs shown, in order (the grid draws each row once per column section)
+MLFLOW_RUN_EXPANDER = "button[data-component-id*='runnamecellrenderer']"
+MLFLOW_SHOWN_RUN_IDS = ("[...new Set([...document.querySelectorAll('[role=row][row-id]')]"
+                        ".map(r => r.getAttribute('row-id')))]")
+
+
 class HeadlessPage:
     """One headless Chromium tab driven over the DevTools protocol, for what a command line alone
     cannot do: click (expand the nested runs) before the screenshot. The protocol's websocket is
