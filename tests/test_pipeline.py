@@ -24,6 +24,9 @@ TRAINING_STAGES = {"stylegan": "stylegan", "structure": "structure",
 CURVE = {"evaluate.curve_images", "evaluate.batch_size"}
 REPORT_PARAMS = {"stylegan": {"backbones", "evaluate.max_test_images"},
                  **{m: CURVE for m in ("structure", "full", "variant1", "variant2", "pconv", "rfr")}}
+# The step budget of a texture model that has its own (`budgets.<model>`, since `texture` is
+# shared): a budget, not part of the identity, but declared so that raising it reruns the stage.
+OWN_BUDGET = {"full": {"budgets.full"}, "variant2": {"budgets.variant2"}}
 
 
 def dvc_stages(root: Path = ROOT):
@@ -44,7 +47,9 @@ def test_every_training_stage_declares_exactly_what_its_run_identity_reads():
     stages = dvc_stages()
     for address, model in TRAINING_STAGES.items():
         declared = declared_params(stages[address], cfg.profile_name)
-        assert declared - REPORT_PARAMS.get(model, set()) == set(stage_reads(model)), address
+        own_budget = OWN_BUDGET.get(model, set())
+        assert own_budget <= declared, address
+        assert declared - REPORT_PARAMS.get(model, set()) - own_budget == set(stage_reads(model)), address
 
 
 def test_upstream_chain_and_reads():

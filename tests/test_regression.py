@@ -1,5 +1,7 @@
 import json
 
+from pathlib import Path
+
 import pytest
 
 from faceinpaint.regression import check, compare, metric_kind
@@ -40,14 +42,22 @@ def test_baseline_path_takes_this_cpu_kinds_file_when_there_is_one(tmp_path):
     from faceinpaint.regression import baseline_path, numerics_kind
 
     kind = numerics_kind()
-    vendor, isa = kind.rsplit("-", 1)
+    vendor, isa, *model = kind.split("-")
     assert isa == torch.backends.cpu.get_cpu_capability() and vendor
+    cpuinfo = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    assert vendor == fields["vendor_id"] and model == [f"f{fields['cpu family']}m{fields['model']}"]
     default = tmp_path / "smoke.json"
     default.write_text("{}")
     assert baseline_path(default) == default  # no file for this kind: the default
     (tmp_path / "smoke-OtherVendor-AVX2.json").write_text("{}")
     assert baseline_path(default) == default
+    coarse = tmp_path / f"smoke-{vendor}-{isa}.json"  # a baseline kept under vendor and ISA only
+    coarse.write_text("{}")
+    assert baseline_path(default) == coarse
     own = tmp_path / f"smoke-{kind}.json"
     own.write_text("{}")
-    assert baseline_path(default) == own
+    assert baseline_path(default) == own  # the exact kind wins over the coarse one
     assert baseline_path(default, "OtherVendor-AVX2") == tmp_path / "smoke-OtherVendor-AVX2.json"
+    assert baseline_path(default, "OtherVendor-AVX2-f6m85") == tmp_path / "smoke-OtherVendor-AVX2.json"

@@ -257,3 +257,56 @@ def test_smoke_structure_stage_beats_a_mean_colour_fill_on_held_out_holes(tmp_pa
     hole_l1 = lambda x: ((x - test).abs() * mask).sum() / (mask.sum() * 3)  # noqa: E731
     assert torch.equal(composite * (1 - mask), test * (1 - mask))  # known pixels untouched
     assert hole_l1(composite) < hole_l1(mean_fill), (float(hole_l1(composite)), float(hole_l1(mean_fill)))
+
+
+def test_finalize_checks_the_export_deletes_the_state_and_refuses_a_larger_budget(tmp_path, prepared):
+    """`faceinpaint finalize`: the export must equal the last checkpoint's weights (a tampered
+    one is refused, naming the tensor); afterwards the training state is gone, a re-run of the
+    stage keeps the export bit for bit and rewrites its metrics, and a larger budget fails
+    with a message naming the step it was declared final at."""
+    project = project_with_data(tmp_path / "p", prepared, "structure", max_steps=6)
+    run(project, "train", "stylegan")
+    run(project, "train", "structure")
+    export = project / "artifacts/models/structure/model.pt"
+    good = export.read_bytes()
+    payload = torch.load(export, weights_only=True)
+    key = next(iter(payload["state"]["encoder"]))
+    payload["state"]["encoder"][key] = payload["state"]["encoder"][key] + 1e-3
+    torch.save(payload, export)
+    out = run(project, "finalize", "structure", check=False)
+    assert out.returncode != 0 and f"encoder.{key}" in out.stderr
+    (run_dir,) = (project / "artifacts/models/structure/runs").iterdir()
+    assert (run_dir / "checkpoints/latest.pt").is_file()  # nothing deleted on refusal
+
+    export.write_bytes(good)
+    state_sha = hashlib.sha256((run_dir / "checkpoints/latest.pt").read_bytes()).hexdigest()
+    run(project, "finalize", "structure")
+    assert not (run_dir / "checkpoints").exists()
+    final = json.loads((run_dir / "final.json").read_text())
+    assert (final["step"], final["images_seen"]) == (6, 6 * 4)
+    assert final["export_sha256"] == hashlib.sha256(good).hexdigest()
+    assert final["deleted_state"] == {"latest.pt": state_sha}
+
+    metrics = project / "reports/metrics/train_structure.json"
+    metrics.unlink()
+    out = run(project, "train", "structure")  # what `dvc repro` does after a code change
+    assert "6 steps" in out.stdout and export.read_bytes() == good
+    assert json.loads(metrics.read_text())["steps"] == 6
+
+    set_params(project, "structure", max_steps=8)
+    out = run(project, "train", "structure", check=False)
+    assert out.returncode != 0 and "declared final at step 6" in out.stderr
+    assert export.read_bytes() == good
+
+
+def test_a_models_own_budget_overrides_its_shared_section(tmp_path, prepared):
+    """`budgets.<model>` sets one texture model's steps; the others keep `texture.max_steps`."""
+    project = project_with_data(tmp_path / "p", prepared, "texture", max_steps=4)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["profiles"]["smoke"]["budgets"] = {"variant1": 6, "full": None}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    assert "6 steps" in run(project, "train", "variant1").stdout
+    params["profiles"]["smoke"]["budgets"] = {"variant1": None}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    out = run(project, "train", "variant1")  # back to the section's 4: the run is already past it
+    assert progress(project, "variant1")["step"] == 6 and "6 steps" in out.stdout

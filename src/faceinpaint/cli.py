@@ -76,6 +76,22 @@ def train(model: str, params: str, profile: str | None, device: str) -> None:
     click.echo(f"{model}: {metrics['steps']} steps, {metrics['images_seen']} images in {metrics['train_time_s']:.0f} s ({metrics['stopped_by']})")
 
 
+@cli.command()
+@click.argument("model", type=click.Choice([m for m in TRAINED if m != "stylegan"]))
+@params_option
+@profile_option
+def finalize(model: str, params: str, profile: str | None) -> None:
+    """Declare MODEL's finished run final: check its export against its last checkpoint, then
+    delete its training state (the export is the model from then on; see README, model store)."""
+    from .stages import FinalRunError, finalize_run
+
+    try:
+        final = finalize_run(_config(params, profile), model)
+    except FinalRunError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"{model}: final at step {final['step']} ({final['images_seen']} images); training state deleted")
+
+
 @cli.command("test-features")
 @params_option
 @profile_option

@@ -276,6 +276,25 @@ class ProfileParams(_Strict):
     pconv: PConvParams
     rfr: RFRParams
     evaluate: EvaluateParams = EvaluateParams()
+    budgets: dict[Literal["stylegan", "structure", "full", "variant1", "variant2", "pconv", "rfr"], int | None] = {}
+    """``max_steps`` of one model where it differs from its section's. The three texture models
+    share ``texture``: one of them may be mid-way through its long run while another has reached
+    the shared budget. Absent or ``None``: the section's ``max_steps``."""
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, v: dict) -> dict:
+        for name, steps in v.items():
+            if steps is not None and steps < 0:
+                raise ValueError(f"budgets.{name} must be >= 0 steps or null, got {steps}")
+        return v
+
+    def max_steps(self, model: str) -> int:
+        """The step budget of ``model``: its ``budgets`` entry, else its section's ``max_steps``."""
+        from .models import MODELS
+
+        own = self.budgets.get(model)
+        return own if own is not None else getattr(self, MODELS[model].section).max_steps
 
     @field_validator("resolution")
     @classmethod

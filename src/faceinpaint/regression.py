@@ -26,25 +26,44 @@ DEFAULT_REL_TOLERANCE = 1e-6
 
 
 def numerics_kind() -> str:
-    """The CPU vendor and the widest vector ISA PyTorch dispatches to on this machine, e.g.
-    ``AuthenticAMD-AVX2`` or ``GenuineIntel-AVX512``: same-seed runs are bit-identical within a
-    kind, not across kinds."""
+    """The CPU vendor, the widest vector ISA PyTorch dispatches to, and the CPU's family and model
+    numbers, e.g. ``AuthenticAMD-AVX2-f25m1``: same-seed runs are bit-identical on one machine,
+    not across kinds, and two AMD EPYC machines that both dispatch to AVX2 were seen to round the
+    smoke run differently (34 of its 49 metrics), so vendor and ISA alone do not name a kind."""
     import torch
 
-    vendor = "unknown"
+    info = {}
     try:
         with open("/proc/cpuinfo") as f:
-            vendor = next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), vendor)
+            for line in f:
+                key, _, value = line.partition(":")
+                if not line.strip():
+                    break  # the first processor's block is enough
+                info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return f"{vendor}-{torch.backends.cpu.get_cpu_capability()}"
+    kind = f"{info.get('vendor_id', 'unknown')}-{torch.backends.cpu.get_cpu_capability()}"
+    if "cpu family" in info and "model" in info:
+        kind += f"-f{info['cpu family']}m{info['model']}"
+    return kind
+
+
+def kind_candidates(kind: str) -> list[str]:
+    """``kind`` and its vendor-ISA prefix (the name baselines were kept under before the family
+    and model were part of it), most specific first."""
+    parts = kind.split("-")
+    return [kind] + (["-".join(parts[:2])] if len(parts) > 2 else [])
 
 
 def baseline_path(default: str | Path, kind: str | None = None) -> Path:
-    """``<stem>-<kind><suffix>`` beside ``default`` if that file exists, else ``default``."""
+    """``<stem>-<kind><suffix>`` beside ``default`` for the first of :func:`kind_candidates`
+    whose file exists, else ``default``."""
     default = Path(default)
-    own = default.with_name(f"{default.stem}-{kind or numerics_kind()}{default.suffix}")
-    return own if own.is_file() else default
+    for k in kind_candidates(kind or numerics_kind()):
+        own = default.with_name(f"{default.stem}-{k}{default.suffix}")
+        if own.is_file():
+            return own
+    return default
 
 
 def metric_kind(name: str) -> str | None:

@@ -177,8 +177,16 @@ def append_prior_check(path: Path, run: str, step: int, images_seen: int, qualit
         writer.writerows(rows)
 
 
+FINAL_FILE = "final.json"
+
+
+class FinalRunError(RuntimeError):
+    """A run declared final (its training state deleted) was asked for more steps, or its export
+    no longer matches the one it was declared final with."""
+
+
 def train_stage(cfg: Config, name: str, device="cpu") -> dict:
-    from .training import train
+    from .training import TrainResult, train
 
     from .training import run_digest
 
@@ -187,9 +195,14 @@ def train_stage(cfg: Config, name: str, device="cpu") -> dict:
     p = _section(cfg, name)
     model_dir = MODELS_DIR / name
     out_dir = _only_current_run(model_dir, name, run_digest(params)[:12])
+    max_steps = cfg.profile.max_steps(name)
+    if (out_dir / FINAL_FILE).is_file():  # finished: its export is the model, its state is gone
+        _check_final(out_dir, model_dir / MODELS[name].export_file, max_steps)
+        result = TrainResult(**json.loads((out_dir / "progress.json").read_text()))
+        return _write_train_outputs(cfg, name, result, out_dir)
     result = train(
         recipe, training_dataset(cfg), out_dir,
-        batch_size=p.batch_size, max_steps=p.max_steps, max_minutes=p.max_minutes, seed=cfg.seed,
+        batch_size=p.batch_size, max_steps=max_steps, max_minutes=p.max_minutes, seed=cfg.seed,
         log_every=p.log_every, checkpoint_every=p.checkpoint_every, sample_every=p.sample_every,
         num_workers=p.num_workers, params=params, stage=f"train@{name}" if name not in ("stylegan", "structure") else name,
         device=device,
@@ -199,6 +212,15 @@ def train_stage(cfg: Config, name: str, device="cpu") -> dict:
     (out_dir / "checkpoints" / PREVIOUS).unlink(missing_ok=True)
     export_model(cfg, recipe, modules, model_dir)
     shutil.copyfile(out_dir / "progress.json", model_dir / "progress.json")
+    if name == "stylegan":  # the prior's own metric file: images shown and the FDs of its samples
+        quality = prior_quality(cfg, modules["G_ema"], device, cfg.evaluate.max_test_images)
+        METRICS_DIR.mkdir(parents=True, exist_ok=True)
+        (METRICS_DIR / "prior.json").write_text(json.dumps({"images_seen": result.images_seen, **quality}, indent=2) + "\n")
+        append_prior_check(PLOTS_DIR / PRIOR_CHECKS, out_dir.name, result.step, result.images_seen, quality)
+    return _write_train_outputs(cfg, name, result, out_dir)
+
+
+def _write_train_outputs(cfg: Config, name: str, result, out_dir: Path) -> dict:
     metrics = {
         "model": name, "profile": cfg.profile_name, "resolution": cfg.resolution,
         "steps": result.step, "images_seen": result.images_seen, "train_time_s": round(result.elapsed_s, 1),
@@ -206,14 +228,82 @@ def train_stage(cfg: Config, name: str, device="cpu") -> dict:
         "final_losses": {k: round(float(v), 6) for k, v in result.losses.items()},
     }
     METRICS_DIR.mkdir(parents=True, exist_ok=True)
-    if name == "stylegan":  # the prior's own metric file: images shown and the FDs of its samples
-        quality = prior_quality(cfg, modules["G_ema"], device, cfg.evaluate.max_test_images)
-        (METRICS_DIR / "prior.json").write_text(json.dumps({"images_seen": result.images_seen, **quality}, indent=2) + "\n")
-        append_prior_check(PLOTS_DIR / PRIOR_CHECKS, out_dir.name, result.step, result.images_seen, quality)
     (METRICS_DIR / f"train_{name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_loss_plot(out_dir / "stats.jsonl", PLOTS_DIR / f"train_{name}.csv")
     write_curve_plot(out_dir / CURVE_FILE, PLOTS_DIR / f"curve_{name}.csv")
     return metrics
+
+
+def _check_final(out_dir: Path, export: Path, max_steps: int) -> dict:
+    final = json.loads((out_dir / FINAL_FILE).read_text())
+    if max_steps != final["step"]:
+        raise FinalRunError(
+            f"{out_dir}: this run was declared final at step {final['step']} ({final['images_seen']} images) and its "
+            f"training state deleted (`faceinpaint finalize`), so it cannot train to max_steps {max_steps}: set "
+            f"max_steps back to {final['step']}, or delete {out_dir} to train this model afresh")
+    if not export.is_file() or sha256_of(export) != final["export_sha256"]:
+        raise FinalRunError(f"{export}: missing or not the export this run was declared final with "
+                            f"(sha256 {final['export_sha256'][:12]}...); `dvc pull` it, or delete {out_dir} to retrain")
+    return final
+
+
+def finalize_run(cfg: Config, name: str) -> dict:
+    """Declare the current run of ``name`` final: it must have reached its step budget, and its
+    export must hold exactly the weights of its last checkpoint (rebuilt and compared tensor by
+    tensor); then its training state (``checkpoints/``) is deleted and ``final.json`` records
+    the step, the images shown, the export's sha256 and that of the deleted state. The export
+    is the model from then on: a stage re-run keeps it, and a larger budget is refused with a
+    clear error. For a finished model whose training state is too large for the store
+    (structure's: weights plus two Adam moments of the pSp encoder). The prior keeps its state
+    (its stage recomputes its quality check from the trained modules)."""
+    from .checkpoint import load_latest
+    from .training import TrainResult, run_digest
+
+    if name == "stylegan":
+        raise FinalRunError("stylegan: the prior's stage recomputes its quality check from its training state; it cannot be finalized")
+    model_dir = MODELS_DIR / name
+    out_dir = model_dir / "runs" / run_digest(run_identity(cfg, name))[:12]
+    export = model_dir / MODELS[name].export_file
+    if (out_dir / FINAL_FILE).is_file():
+        return _check_final(out_dir, export, cfg.profile.max_steps(name))
+    progress = out_dir / "progress.json"
+    if not progress.is_file():
+        raise FinalRunError(f"{out_dir}: no current run of {name!r} to finalize (train it first)")
+    result = TrainResult(**json.loads(progress.read_text()))
+    if result.step != cfg.profile.max_steps(name) or result.stopped_by != "max_steps":
+        raise FinalRunError(f"{progress}: the run stands at step {result.step} ({result.stopped_by}), not at its budget of "
+                            f"{cfg.profile.max_steps(name)} steps; finish it (`faceinpaint train {name}`) first")
+    found = load_latest(out_dir / "checkpoints")
+    if found is None or found[0]["step"] != result.step:
+        raise FinalRunError(f"{out_dir / 'checkpoints'}: no checkpoint at step {result.step}")
+    if not export.is_file():
+        raise FinalRunError(f"{export}: missing; run `faceinpaint train {name}` to export the finished run first")
+    recipe = make_recipe(cfg, name)
+    expected = recipe.export(trained_modules(recipe, out_dir))
+    stored = torch.load(export, map_location="cpu", weights_only=True)["state"]
+    mismatch = [k for k, a, b in _paired_tensors(expected, stored) if a is None or b is None or not torch.equal(a, b)]
+    if mismatch:
+        raise FinalRunError(f"{export}: differs from the weights of {found[1]} ({', '.join(mismatch[:5])}); "
+                            f"re-export it with `faceinpaint train {name}` before finalizing")
+    ckpt_dir = out_dir / "checkpoints"
+    final = {"model": name, "step": result.step, "images_seen": result.images_seen,
+             "export_sha256": sha256_of(export),
+             "deleted_state": {f.name: sha256_of(f) for f in sorted(ckpt_dir.glob("*.pt"))}}
+    (out_dir / FINAL_FILE).write_text(json.dumps(final, indent=2) + "\n")
+    shutil.rmtree(ckpt_dir)
+    log.info("%s: run %s declared final at step %d; deleted its training state %s", name, out_dir.name, result.step,
+             ", ".join(final["deleted_state"]))
+    return final
+
+
+def _paired_tensors(a, b, prefix=""):
+    """(key, tensor of a, tensor of b) over the nested dicts of two exports (None where absent)."""
+    if isinstance(a, dict) or isinstance(b, dict):
+        a, b = a if isinstance(a, dict) else {}, b if isinstance(b, dict) else {}
+        for k in sorted(set(a) | set(b), key=str):
+            yield from _paired_tensors(a.get(k), b.get(k), f"{prefix}{k}.")
+    else:
+        yield prefix.rstrip("."), a, b
 
 
 @torch.no_grad()
