@@ -10,8 +10,9 @@ it. A change that moves the metrics on purpose regenerates the baseline in the s
 "One machine kind" is narrower than it looks: the same wheel computes other roundings on another
 CPU (a smoke run on an Intel Xeon with AVX-512 moved PSNR by up to 0.15 dB against the AMD EPYC
 (AVX2) baseline, and forcing AVX2 code paths did not restore it). So each baseline is kept per
-:func:`numerics_kind` (``smoke-GenuineIntel-AVX512.json`` beside ``smoke.json``, which was
-recorded on ``AuthenticAMD-AVX2``): :func:`baseline_path` picks this machine's.
+:func:`numerics_kind` (vendor, ISA, CPU family and model; two AMD EPYC machines with AVX2
+differed too): :func:`baseline_path` picks this machine's file, else that of its vendor and ISA
+(``smoke-GenuineIntel-AVX512.json``), else ``smoke.json`` (the first AMD EPYC machine).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import PREVIOUS
+from .checkpoint import PREVIOUS, CheckpointError
 from .training import CURVE_FILE
 from .config import Config
 from .data import PREPARED_DIR, PreparedData, to_tensor_image, to_uint8_image, training_dataset
@@ -118,14 +118,19 @@ def _section(cfg: Config, name: str):
 
 def trained_modules(recipe, out_dir: Path, device="cpu") -> dict:
     """Rebuild the recipe's modules (EMA copies included) and load the newest checkpoint."""
+    return _trained(recipe, out_dir, device)[0]
+
+
+def _trained(recipe, out_dir: Path, device="cpu") -> tuple[dict, dict]:
+    """:func:`trained_modules` and the checkpoint they were loaded from (its step counters)."""
     from .checkpoint import load_module_states
     from .training import make_ema
 
     modules = recipe.build(torch.device(device))
     for ema_name, spec in recipe.ema.items():
         modules[ema_name] = make_ema(modules[spec.source])
-    load_module_states(out_dir / "checkpoints", {k: modules[k] for k in (*recipe.trainable, *recipe.ema)})
-    return modules
+    state = load_module_states(out_dir / "checkpoints", {k: modules[k] for k in (*recipe.trainable, *recipe.ema)})
+    return modules, state
 
 
 def write_loss_plot(stats_path: Path, plot_path: Path) -> None:
@@ -186,9 +191,7 @@ class FinalRunError(RuntimeError):
 
 
 def train_stage(cfg: Config, name: str, device="cpu") -> dict:
-    from .training import TrainResult, train
-
-    from .training import run_digest
+    from .training import TrainResult, run_digest, train
 
     params = run_identity(cfg, name)
     recipe = make_recipe(cfg, name)
@@ -256,7 +259,6 @@ def finalize_run(cfg: Config, name: str) -> dict:
     clear error. For a finished model whose training state is too large for the store
     (structure's: weights plus two Adam moments of the pSp encoder). The prior keeps its state
     (its stage recomputes its quality check from the trained modules)."""
-    from .checkpoint import load_latest
     from .training import TrainResult, run_digest
 
     if name == "stylegan":
@@ -273,19 +275,22 @@ def finalize_run(cfg: Config, name: str) -> dict:
     if result.step != cfg.profile.max_steps(name) or result.stopped_by != "max_steps":
         raise FinalRunError(f"{progress}: the run stands at step {result.step} ({result.stopped_by}), not at its budget of "
                             f"{cfg.profile.max_steps(name)} steps; finish it (`faceinpaint train {name}`) first")
-    found = load_latest(out_dir / "checkpoints")
-    if found is None or found[0]["step"] != result.step:
-        raise FinalRunError(f"{out_dir / 'checkpoints'}: no checkpoint at step {result.step}")
     if not export.is_file():
         raise FinalRunError(f"{export}: missing; run `faceinpaint train {name}` to export the finished run first")
-    recipe = make_recipe(cfg, name)
-    expected = recipe.export(trained_modules(recipe, out_dir))
-    stored = torch.load(export, map_location="cpu", weights_only=True)["state"]
-    mismatch = [k for k, a, b in _paired_tensors(expected, stored) if a is None or b is None or not torch.equal(a, b)]
-    if mismatch:
-        raise FinalRunError(f"{export}: differs from the weights of {found[1]} ({', '.join(mismatch[:5])}); "
-                            f"re-export it with `faceinpaint train {name}` before finalizing")
     ckpt_dir = out_dir / "checkpoints"
+    recipe = make_recipe(cfg, name)
+    try:
+        modules, state = _trained(recipe, out_dir)
+    except CheckpointError as err:
+        raise FinalRunError(str(err)) from None
+    if state["step"] != result.step:
+        raise FinalRunError(f"{ckpt_dir}: its newest checkpoint is at step {state['step']}, not at step {result.step}")
+    stored = torch.load(export, map_location="cpu", weights_only=True)["state"]
+    mismatch = [k for k, a, b in _paired_tensors(recipe.export(modules), stored)
+                if a is None or b is None or not torch.equal(a, b)]
+    if mismatch:
+        raise FinalRunError(f"{export}: differs from the weights of the checkpoint at step {result.step} in {ckpt_dir} "
+                            f"({', '.join(mismatch[:5])}); re-export it with `faceinpaint train {name}` before finalizing")
     final = {"model": name, "step": result.step, "images_seen": result.images_seen,
              "export_sha256": sha256_of(export),
              "deleted_state": {f.name: sha256_of(f) for f in sorted(ckpt_dir.glob("*.pt"))}}
