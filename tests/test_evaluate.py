@@ -117,3 +117,27 @@ def test_the_metrics_file_holds_only_the_numbers_compared_across_experiments(set
     assert out["psnr"] == round(summary["psnr"], 5) and sum(k.startswith("fd_") for k in out) == 2  # both FDs
     trained = dict(summary, training={"pconv": {"images_seen": 80000, "train_time_s": 1.0}})
     assert metrics_file(trained, "pconv")["images_seen"] == 80000
+
+
+def test_an_evaluations_curve_images_score_what_the_training_runs_curve_evaluator_does(setup, tmp_path, monkeypatch):
+    """The learning curves' final point of a run that ended between curve budgets is read from its
+    evaluation (``evalformat.on_curve_subset``: the first n square rows and their features); the
+    points the run took come from ``CurveEvaluator`` on the model. Both paths, same model: same
+    numbers (n not a multiple of the batch size, so the batches differ too)."""
+    import faceinpaint.evaluate as evaluate
+    from faceinpaint.evalformat import load_eval_dir, on_curve_subset
+    from faceinpaint.metrics import FACE_FD_BACKBONE, metric_key
+    from faceinpaint.recipes import load_inpainter
+
+    cfg, prepared, tmp = setup
+    monkeypatch.setattr(evaluate, "PREPARED_DIR", prepared.root)
+    evaluate_model(cfg, "biharmonic", tmp_path / "ev", prepared, features_dir=tmp / "features")
+    n = cfg.evaluate.max_test_images - 3
+    assert n % cfg.evaluate.batch_size
+    read = on_curve_subset(load_eval_dir(tmp_path / "ev", "inpaint_biharmonic"), n)
+    direct = evaluate.CurveEvaluator(cfg, n)(load_inpainter(cfg, "biharmonic", "cpu"))
+    keys = {"fd": next(k for k in direct if k.startswith("fd_") and k != metric_key("fd", FACE_FD_BACKBONE)),
+            "lpips": next(k for k in direct if k.startswith("lpips_"))}
+    assert sorted(read) == ["fd", "hole_l1", "id_sim", "lpips", "psnr", "ssim"]
+    for metric, value in read.items():
+        assert value == pytest.approx(direct[keys.get(metric, metric)], rel=1e-5), metric

@@ -308,15 +308,16 @@ def test_loss_curves_png_draws_every_training_csv(tmp_path):
 
 
 def test_learning_curves_draw_each_inpainter_and_biharmonic_on_the_curve_images(report, tmp_path):
-    from faceinpaint.evalformat import classical_on_curve_subset
-    from faceinpaint.figures import plot_learning_curves, plot_prior_curve
+    from faceinpaint.evalformat import on_curve_subset
+    from faceinpaint.figures import learning_curves, plot_learning_curves, plot_prior_curve
 
     root, _, _ = report
     classical = load_eval_dir(root / "biharmonic", "inpaint_biharmonic")
     n = 7
-    line = classical_on_curve_subset(classical, n)
+    line = on_curve_subset(classical, n)
     rows = classical.rows[classical.rows["mask_set"] == "square"].iloc[:n]  # the first n test images
     assert len(rows) == n and line["psnr"] == pytest.approx(rows["psnr"].mean())
+    assert line["id_sim"] == pytest.approx(rows["id_sim"].mean()) and line["hole_l1"] == pytest.approx(rows["hole_l1"].mean())
     keep = np.isin(classical.features["image_id"], rows["image_id"])
     assert line["fd"] == pytest.approx(frechet_distance(classical.features["real"][keep], classical.features["composite"][keep]))
     plots = tmp_path / "plots"
@@ -327,11 +328,61 @@ def test_learning_curves_draw_each_inpainter_and_biharmonic_on_the_curve_images(
     points.assign(psnr=[29.0, 30.5]).to_csv(plots / "curve_variant1.csv", index=False)
     pd.DataFrame({"images_seen": [2000], "step": [125], "fd_efficientnet_lite0-pool": [300.0],
                   "fd_faceapi-resnet29": [0.18], "fd_samples": [600]}).to_csv(plots / "curve_stylegan.csv", index=False)
-    assert plot_learning_curves(plots, tmp_path / "curves.png", classical, n) == ["pconv", "variant1"]
+    curves = learning_curves(plots, {"pconv": load_eval_dir(root / "pconv", "PConv")}, n)
+    assert sorted(curves) == ["pconv", "variant1"]  # the prior has its own figure
+    assert len(curves["pconv"]) == 3 and len(curves["variant1"]) == 2  # pconv's evaluation adds its 12,003 images
+    assert plot_learning_curves(curves, tmp_path / "curves.png", classical, n) == ["pconv", "variant1"]
     assert plot_prior_curve(plots, tmp_path / "prior.png")
     for name in ("curves.png", "prior.png"):
         with Image.open(tmp_path / name) as im:
             assert im.format == "PNG"
+
+
+def test_a_run_that_ends_between_curve_budgets_gets_its_final_point_from_its_evaluation(report):
+    from faceinpaint.evalformat import FROM_EVALUATION, FROM_TRAINING, with_final_point
+
+    root, _, _ = report
+    pconv = load_eval_dir(root / "pconv", "PConv")  # trained on 12,003 images (the fixture's facts)
+    n = 9
+    curve = pd.DataFrame({"images_seen": [2000, 4000, 8000], "step": [250, 500, 1000], "psnr": [30.0, 31.0, 31.5],
+                          "ssim": [0.9, 0.91, 0.92], "fd_efficientnet_lite0-pool": [9.0, 6.0, 5.0],
+                          "fd_faceapi-resnet29": [0.02, 0.01, 0.009]})
+    grown = with_final_point(curve, pconv, n)
+    assert grown["source"].tolist() == [FROM_TRAINING] * 3 + [FROM_EVALUATION]
+    pd.testing.assert_frame_equal(grown.iloc[:3][curve.columns], curve, check_dtype=False)  # the run's own points untouched
+    final = grown.iloc[-1]
+    assert final["images_seen"] == 12003 and np.isnan(final["step"]) and np.isnan(final["fd_faceapi-resnet29"])
+    # computed here another way: the evaluation's first n square rows and their features
+    sq = pconv.rows[pconv.rows["mask_set"] == "square"].iloc[:n]
+    assert final["psnr"] == pytest.approx(sq["psnr"].mean()) and final["ssim"] == pytest.approx(sq["ssim"].mean())
+    assert final["lpips_efficientnet_lite0-unitweights"] == pytest.approx(sq["lpips"].mean())
+    index = {str(i): k for k, i in enumerate(pconv.features["image_id"])}
+    keep = [index[str(i)] for i in sq["image_id"]]
+    assert final["fd_efficientnet_lite0-pool"] == pytest.approx(
+        frechet_distance(pconv.features["real"][keep], pconv.features["composite"][keep]))
+    # a run that ended on a curve budget, and a model not evaluated, are left as they are
+    on_budget = curve.assign(images_seen=[3001, 6002, 12003])
+    assert len(with_final_point(on_budget, pconv, n)) == 3
+    assert len(with_final_point(curve, None, n)) == 3
+
+
+def test_last_segments_give_each_curves_latest_change_and_direction():
+    from faceinpaint.claims import last_segments, verdicts_by_budget, verdicts_by_budget_markdown
+
+    fd = "fd_efficientnet_lite0-pool"
+    curves = {
+        "PConv": pd.DataFrame({"images_seen": [8000, 2000, 4000], "psnr": [31.5, 30.0, 31.0], "ssim": [0.92, 0.90, 0.93],
+                               fd: [5.5, 9.0, 6.0]}),  # unsorted on purpose: the last segment is 4k -> 8k
+        "RFR": pd.DataFrame({"images_seen": [2000], "psnr": [30.0], "ssim": [0.9], fd: [9.0]}),  # one point: no segment
+    }
+    seg = last_segments(curves)
+    assert seg["model"].tolist() == ["PConv"]
+    row = seg.iloc[0]
+    assert (row["from_images"], row["to_images"]) == (4000, 8000)
+    assert row["psnr"] == pytest.approx(0.5) and row["ssim"] == pytest.approx(-0.01) and row["fd"] == pytest.approx(-0.5)
+    assert row["improving"] == "psnr, fd"  # SSIM fell; FD is better lower
+    page = verdicts_by_budget_markdown(verdicts_by_budget(curves, {}), 200, seg)
+    assert "## Where each curve stands" in page and "| PConv | 4.0k -> 8.0k | +0.500 | -0.0100 | -0.500 | psnr, fd |" in page
 
 
 def test_report_page_holds_every_table_verbatim_and_the_budgets_of_the_evaluations(report):
@@ -356,6 +407,18 @@ def test_report_page_holds_every_table_verbatim_and_the_budgets_of_the_evaluatio
 
     for _, name in PAGE_FIGURES:
         assert (f"]({name})" in page) == (out / name).is_file()
+
+
+def test_report_page_states_the_training_mask_mix_with_its_ratio(report):
+    from faceinpaint.report import report_page, training_masks_markdown
+
+    root, out, _ = report
+    text = training_masks_markdown(0.4, 0.1, 0.3)
+    assert "our choice" in text and "probability 60%" in text and "probability 40%" in text and "0.1-0.3" in text
+    results = {"PConv": load_eval_dir(root / "pconv", "PConv")}
+    page = report_page(out, results, {"profile": "cpu"}, None, text)
+    budgets_end = page.index("## Training budgets")
+    assert page.index(text) > budgets_end and text not in report_page(out, results, {"profile": "cpu"})
 
 
 def test_report_page_lists_every_deviation_with_its_reason(report):

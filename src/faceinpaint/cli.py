@@ -136,7 +136,8 @@ def report(params: str, profile: str | None, eval_root: str, out: str, plots: st
     written = build_report(eval_root, out, n_bootstrap=cfg.evaluate.bootstrap, n_bootstrap_fd=cfg.evaluate.bootstrap_fd, seed=cfg.seed,
                            curve_images=cfg.evaluate.curve_images, profile=cfg.profile_name,
                            plots_dir=plots, resolution=cfg.resolution,
-                           texture_widths=(cfg.texture.base_width, cfg.texture.max_width))
+                           texture_widths=(cfg.texture.base_width, cfg.texture.max_width),
+                           training_masks=(cfg.masks.train_irregular_prob, cfg.masks.square_min_frac, cfg.masks.square_max_frac))
     click.echo("wrote " + ", ".join(sorted(str(p) for p in written.values())))
 
 

@@ -280,15 +280,43 @@ def curve_column(df: pd.DataFrame, panel: str) -> str | None:
     return matches[0] if matches else None
 
 
-def classical_on_curve_subset(result: EvalResult | None, n: int) -> dict[str, float]:
-    """``inpaint_biharmonic``'s metrics on the learning curves' images: the first ``n`` test
-    images with their squares (from its per-image rows and FD features)."""
+def on_curve_subset(result: EvalResult | None, n: int) -> dict[str, float]:
+    """A model's metrics on the learning curves' images, the first ``n`` test images with their
+    squares, from its evaluation's per-image rows and FD features: ``psnr``, ``ssim``, ``lpips``,
+    ``hole_l1``, ``id_sim`` and ``fd`` (the evaluation's FD backbone; the face-embedding FD needs
+    features the evaluation folder does not keep). ``inpaint_biharmonic``'s is the curves'
+    horizontal line."""
     if result is None:
         return {}
     rows = result.rows[result.rows["mask_set"] == "square"].head(n)  # evaluation order: test image 0, 1, ...
-    out = {m: float(rows[m].mean()) for m in ("psnr", "ssim", "lpips", "hole_l1") if m in rows}
+    out = {m: float(rows[m].mean()) for m in ("psnr", "ssim", "lpips", "hole_l1", "id_sim") if m in rows}
     ids, real, fake = result.sorted_features()
     keep = np.isin(ids, rows["image_id"].to_numpy())
     if keep.sum() >= 2:
         out["fd"] = frechet_distance(real[keep], fake[keep])
     return out
+
+
+#: ``source`` of a learning-curve point: taken by the training run, or (a run that ended between
+#: two curve budgets) its final budget read from the model's evaluation (:func:`with_final_point`)
+FROM_TRAINING, FROM_EVALUATION = "training", "evaluation"
+
+
+def with_final_point(curve: pd.DataFrame, result: EvalResult | None, n: int) -> pd.DataFrame:
+    """``curve`` (a model's ``curve_<model>.csv``) with a ``source`` column, and, when the
+    model's training ended past its last curve budget, one more point at its final images shown:
+    :func:`on_curve_subset` of its evaluation (the same metric code on the same ``n`` images and
+    masks; the face-embedding FD left empty). A run that ended on a curve budget, a model without
+    an evaluation or one the evaluation saw no training facts for, is returned as it is."""
+    curve = curve.assign(source=FROM_TRAINING)
+    if result is None:
+        return curve
+    seen = int(result.summary.get("training", {}).get(result.name, {}).get("images_seen", 0))
+    if seen <= 0 or (len(curve) and seen <= int(curve["images_seen"].max())):
+        return curve
+    point = on_curve_subset(result, n)
+    backbones = result.summary.get("backbones", {})
+    row: dict = {"images_seen": seen, "source": FROM_EVALUATION}
+    for metric, value in point.items():
+        row[metric_key(metric, backbones[metric]) if metric in ("fd", "lpips") else metric] = value
+    return pd.concat([curve, pd.DataFrame([row])], ignore_index=True)

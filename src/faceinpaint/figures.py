@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import NullFormatter
 
-from .evalformat import CLASSICAL, FACE_FD, NOT_RUN, STAGE1, EvalFormatError, EvalResult, classical_on_curve_subset, curve_column
+from .evalformat import (CLASSICAL, FACE_FD, FROM_EVALUATION, NOT_RUN, STAGE1, EvalFormatError, EvalResult, curve_column,
+                         on_curve_subset, with_final_point)
 from .tables import fmt_count
 
 FIGURES: dict[str, tuple[str, ...]] = {
@@ -163,13 +164,22 @@ def plot_loss_curves(plots_dir: str | Path, path: Path) -> list[str]:
 CURVE_PANELS = ("psnr", "ssim", "lpips", "hole_l1", "fd", FACE_FD)
 
 
-def plot_learning_curves(plots_dir: str | Path, path: Path, classical: EvalResult | None, n_images: int) -> list[str]:
-    """One panel per metric: every inpainter's learning curve (``curve_<model>.csv``: metric on
-    the first ``n_images`` test images against images shown, log x), ``inpaint_biharmonic`` on
-    the same images as a horizontal line. Returns the models drawn."""
-    frames = [(f.stem[len("curve_"):], pd.read_csv(f)) for f in sorted(Path(plots_dir).glob("curve_*.csv"))]
-    frames = [(m, df) for m, df in frames if m != "stylegan" and len(df)]
-    line = classical_on_curve_subset(classical, n_images)
+def learning_curves(plots_dir: str | Path, evaluations: Mapping[str, EvalResult | None], n_images: int) -> dict[str, pd.DataFrame]:
+    """Every inpainter's learning curve by model name: its ``curve_<model>.csv`` (the prior's
+    excepted), with the final point of a run that ended between curve budgets read from its
+    evaluation in ``evaluations`` (:func:`faceinpaint.evalformat.with_final_point`)."""
+    frames = {f.stem[len("curve_"):]: pd.read_csv(f) for f in sorted(Path(plots_dir).glob("curve_*.csv"))}
+    return {m: with_final_point(df, evaluations.get(m), n_images) for m, df in frames.items()
+            if m != "stylegan" and len(df)}
+
+
+def plot_learning_curves(curves: Mapping[str, pd.DataFrame], path: Path, classical: EvalResult | None, n_images: int) -> list[str]:
+    """One panel per metric: every inpainter's learning curve (:func:`learning_curves`: the
+    metric on the first ``n_images`` test images against images shown, log x; a final point read
+    from the evaluation drawn hollow), ``inpaint_biharmonic`` on the same images as a horizontal
+    line. Returns the models drawn."""
+    frames = [(m, df) for m, df in curves.items() if len(df)]
+    line = on_curve_subset(classical, n_images)
     fig = Figure(figsize=(12.6, 6.4), dpi=FIGURE_DPI)
     FigureCanvasAgg(fig)
     for i, panel in enumerate(CURVE_PANELS):
@@ -178,7 +188,12 @@ def plot_learning_curves(plots_dir: str | Path, path: Path, classical: EvalResul
         for model, df in frames:
             col = curve_column(df, panel)
             if col is not None:
-                ax.plot(df["images_seen"], df[col], marker="o", markersize=3, linewidth=1.2, label=model)
+                shown = df[df[col].notna()]
+                lines = ax.plot(shown["images_seen"], shown[col], marker="o", markersize=3, linewidth=1.2, label=model)
+                final = shown[shown["source"] == FROM_EVALUATION] if "source" in shown else shown.iloc[:0]
+                if len(final):
+                    ax.plot(final["images_seen"], final[col], linestyle="none", marker="o", markersize=6,
+                            mfc="white", color=lines[0].get_color())
                 label = col
         if panel in line:
             ax.axhline(line[panel], color="black", linestyle="--", linewidth=1, label=CLASSICAL)
@@ -191,7 +206,10 @@ def plot_learning_curves(plots_dir: str | Path, path: Path, classical: EvalResul
             ax.legend(fontsize=7)
     if not frames:
         fig.text(0.5, 0.5, "no learning-curve points yet", ha="center", va="center")
-    fig.tight_layout()
+    else:
+        fig.text(0.5, 0.005, "filled: points the training run took; hollow: a run's final budget between two curve budgets, "
+                 "from its evaluation (same images, masks and metric code; no face-embedding FD)", ha="center", fontsize=7)
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
     fig.savefig(path, dpi=FIGURE_DPI)
     return [m for m, _ in frames]
 

@@ -30,10 +30,10 @@ from typing import Mapping
 
 import pandas as pd
 
-from .claims import claims_markdown, evaluate_claims, verdicts_by_budget, verdicts_by_budget_markdown
+from .claims import claims_markdown, evaluate_claims, last_segments, verdicts_by_budget, verdicts_by_budget_markdown
 from .deviations import deviations_markdown
-from .evalformat import CLASSICAL, DEFAULT_MODELS, FACE_FD, EvalResult, classical_on_curve_subset, load_eval_dir
-from .figures import FIGURES, plot_irregular, plot_learning_curves, plot_loss_curves, plot_prior_curve, write_figure
+from .evalformat import CLASSICAL, DEFAULT_MODELS, FACE_FD, EvalResult, load_eval_dir, on_curve_subset
+from .figures import FIGURES, learning_curves, plot_irregular, plot_learning_curves, plot_loss_curves, plot_prior_curve, write_figure
 from .metrics import metric_key
 from .tables import (
     TABLE_TITLES,
@@ -64,8 +64,18 @@ def _demote(markdown: str) -> str:
     return "\n".join("#" + line if line.startswith("#") else line for line in markdown.splitlines())
 
 
+def training_masks_markdown(irregular_prob: float, square_min_frac: float, square_max_frac: float) -> str:
+    """The training-mask mix, stated as this suite's choice with its ratio (``masks.*`` params)."""
+    return (f"**Training masks** (our choice: the paper evaluates on square masks and does not state its training "
+            f"masks): every training image gets a fresh mask, a random square of side {square_min_frac:g}-"
+            f"{square_max_frac:g} of the image anywhere with probability {1 - irregular_prob:.0%}, or an NVIDIA "
+            f"irregular mask of the masks' training half (randomly flipped) with probability {irregular_prob:.0%} "
+            f"(`masks.train_irregular_prob` = {irregular_prob:g}). Evaluation uses the ten fixed squares, and the "
+            "irregular masks' test half for the area bins.")
+
+
 def report_page(out_dir: Path, results: dict[str, EvalResult | None], profile: dict[str, object],
-                texture_levels: str | None = None) -> str:
+                texture_levels: str | None = None, training_masks: str | None = None) -> str:
     """``reports/README.md``: what was run and every result file of the report, in one page. Its
     tables are the report's own files, included verbatim; the budgets come from the evaluations.
     ``texture_levels`` (:func:`faceinpaint.tables.texture_levels_markdown` of the profile) follows
@@ -89,6 +99,8 @@ def report_page(out_dir: Path, results: dict[str, EvalResult | None], profile: d
         "|---|---|---|---|",
         *("| " + " | ".join(row) + " |" for row in budget_rows(results)),
     ]
+    if training_masks is not None:
+        parts += ["", training_masks]
     if texture_levels is not None:
         parts += ["", _demote(texture_levels.strip())]
     for name in ("table1.md", "table2.md", "table_stage1.md", "claims.md", "claims_by_budget.md", "irregular_bins.md"):
@@ -145,6 +157,7 @@ def build_report(
     profile: str = "?",
     resolution: int | None = None,
     texture_widths: tuple[int, int] | None = None,
+    training_masks: tuple[float, float, float] | None = None,
 ) -> dict[str, Path]:
     """The ``report`` stage. ``models`` maps display names (those of
     :data:`faceinpaint.tables.TABLES`, the classical :data:`faceinpaint.evalformat.CLASSICAL`, or
@@ -154,7 +167,9 @@ def build_report(
     stages' ``train_<model>.csv`` and ``curve_<model>.csv``) it also draws ``loss_curves.png``,
     ``learning_curves.png`` and ``prior_curve.png``. With the profile's ``resolution`` and
     ``texture_widths`` (``texture.base_width``, ``texture.max_width``) the page states the texture
-    generator's level sizes. Returns the written files by name."""
+    generator's level sizes; with ``training_masks`` (``masks.train_irregular_prob``,
+    ``square_min_frac``, ``square_max_frac``) it states the training-mask mix. Returns the written
+    files by name."""
     eval_root, out_dir = Path(eval_root), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {display: load_eval_dir(eval_root / name, display) for display, name in models.items()}
@@ -193,19 +208,20 @@ def build_report(
 
     if plots_dir is not None:
         plot_loss_curves(plots_dir, out_dir / "loss_curves.png")
-        plot_learning_curves(plots_dir, out_dir / "learning_curves.png", results.get(CLASSICAL), curve_images)
+        by_name = learning_curves(plots_dir, {name: results[display] for display, name in models.items()}, curve_images)
+        plot_learning_curves(by_name, out_dir / "learning_curves.png", results.get(CLASSICAL), curve_images)
         plot_prior_curve(plots_dir, out_dir / "prior_curve.png")
-        curves = {display: pd.read_csv(path) for display, name in models.items()
-                  if display != CLASSICAL and (path := Path(plots_dir) / f"curve_{name}.csv").is_file()}
-        by_budget = verdicts_by_budget(curves, classical_on_curve_subset(results.get(CLASSICAL), curve_images))
+        curves = {display: by_name[name] for display, name in models.items() if display != CLASSICAL and name in by_name}
+        by_budget = verdicts_by_budget(curves, on_curve_subset(results.get(CLASSICAL), curve_images))
         by_budget.to_csv(out_dir / "claims_by_budget.csv", index=False)
-        (out_dir / "claims_by_budget.md").write_text(verdicts_by_budget_markdown(by_budget, curve_images))
+        (out_dir / "claims_by_budget.md").write_text(verdicts_by_budget_markdown(by_budget, curve_images, last_segments(curves)))
         for name in ("loss_curves.png", "learning_curves.png", "prior_curve.png", "claims_by_budget.csv", "claims_by_budget.md"):
             written[name] = out_dir / name
 
     (out_dir / "metrics.json").write_text(json.dumps(metrics_document(results), indent=2, sort_keys=True) + "\n")
     written["metrics.json"] = out_dir / "metrics.json"
     levels = texture_levels_markdown(resolution, *texture_widths) if resolution and texture_widths else None
-    (out_dir / "README.md").write_text(report_page(out_dir, results, {"profile": profile}, levels))
+    masks = training_masks_markdown(*training_masks) if training_masks else None
+    (out_dir / "README.md").write_text(report_page(out_dir, results, {"profile": profile}, levels, masks))
     written["README.md"] = out_dir / "README.md"
     return written
