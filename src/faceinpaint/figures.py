@@ -199,6 +199,8 @@ def plot_learning_curves(curves: Mapping[str, pd.DataFrame], path: Path, classic
             ax.axhline(line[panel], color="black", linestyle="--", linewidth=1, label=CLASSICAL)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only
+        if panel == "fd" and frames:
+            ax.set_yscale("log")  # early points sit an order of magnitude above the final ones
         ax.set_title(f"{label} (first {n_images} test images, squares)", fontsize=8)
         ax.set_xlabel("images shown")
         ax.grid(alpha=0.3)
