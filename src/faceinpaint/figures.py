@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 from .evalformat import (CLASSICAL, FACE_FD, FROM_EVALUATION, NOT_RUN, STAGE1, EvalFormatError, EvalResult, curve_column,
                          on_curve_subset, with_final_point)
@@ -201,6 +201,8 @@ def plot_learning_curves(curves: Mapping[str, pd.DataFrame], path: Path, classic
         ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only
         if panel == "fd" and frames:
             ax.set_yscale("log")  # early points sit an order of magnitude above the final ones
+            for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                axis_formatter(FormatStrFormatter("%g"))  # 3, 4, 6, 10, 20 rather than 3x10^0
         ax.set_title(f"{label} (first {n_images} test images, squares)", fontsize=8)
         ax.set_xlabel("images shown")
         ax.grid(alpha=0.3)
