@@ -383,6 +383,7 @@ def test_last_segments_give_each_curves_latest_change_and_direction():
     assert row["improving"] == "psnr, fd"  # SSIM fell; FD is better lower
     page = verdicts_by_budget_markdown(verdicts_by_budget(curves, {}), 200, seg)
     assert "## Where each curve stands" in page and "| PConv | 4.0k -> 8.0k | +0.500 | -0.0100 | -0.500 | psnr, fd |" in page
+    assert "| fd_efficientnet_lite0-pool change |" in page  # the FD column names its backbone
 
 
 def test_report_page_holds_every_table_verbatim_and_the_budgets_of_the_evaluations(report):

@@ -246,9 +246,10 @@ def verdicts_by_budget_markdown(frame: pd.DataFrame, n_images: int, segments: pd
     if segments is not None and len(segments):
         parts += ["", "## Where each curve stands", "",
                   "Each model's last curve segment (its last two points, same images): the change of each metric, "
-                  "and the metrics that still improved over it. Point estimates on 200 images, without intervals: "
+                  f"and the metrics that still improved over it. Point estimates on {n_images} images, without intervals: "
                   "a change within a few hundredths of a dB or of an FD unit is as likely noise as a trend.", ""]
-        head = ["model", "segment (images shown)", *(f"{m} change" for m in SEGMENT_METRICS), "still improving on"]
+        keys = segments.attrs.get("columns", {})  # the FD named by its backbone
+        head = ["model", "segment (images shown)", *(f"{keys.get(m, m)} change" for m in SEGMENT_METRICS), "still improving on"]
         parts.append(markdown_table(head, [
             [r["model"], f"{fmt_count(int(r['from_images']))} -> {fmt_count(int(r['to_images']))}",
              *(f"{r[m]:+.4f}" if m == "ssim" else f"{r[m]:+.3f}" for m in SEGMENT_METRICS), r["improving"] or "none"]
@@ -263,8 +264,9 @@ def last_segments(curves: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """Each model's change over its last learning-curve segment, the last two points of
     ``curves`` (display name -> curve frame, a final point read from the evaluation included):
     the change of PSNR, SSIM and FD, and ``improving``, the metrics that moved the better way
-    (comma-separated). Models with fewer than two points are left out."""
-    rows = []
+    (comma-separated). Models with fewer than two points are left out. ``attrs["columns"]`` maps
+    each metric to the curves' column (``fd`` to its backbone-named key)."""
+    rows, keys = [], {}
     for display, df in curves.items():
         if len(df) < 2:
             continue
@@ -274,6 +276,10 @@ def last_segments(curves: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         for metric in SEGMENT_METRICS:
             col = curve_column(df, metric)
             row[metric] = float(b[col]) - float(a[col]) if col is not None else float("nan")
-        row["improving"] = ", ".join(m for m in SEGMENT_METRICS if row[m] == row[m] and _beats(row[m], 0.0, m))
+            if col is not None:
+                keys.setdefault(metric, col)
+        row["improving"] = ", ".join(m for m in SEGMENT_METRICS if pd.notna(row[m]) and _beats(row[m], 0.0, m))
         rows.append(row)
-    return pd.DataFrame(rows, columns=["model", "from_images", "to_images", *SEGMENT_METRICS, "improving"])
+    frame = pd.DataFrame(rows, columns=["model", "from_images", "to_images", *SEGMENT_METRICS, "improving"])
+    frame.attrs["columns"] = keys
+    return frame

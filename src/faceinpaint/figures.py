@@ -190,7 +190,7 @@ def plot_learning_curves(curves: Mapping[str, pd.DataFrame], path: Path, classic
             if col is not None:
                 shown = df[df[col].notna()]
                 lines = ax.plot(shown["images_seen"], shown[col], marker="o", markersize=3, linewidth=1.2, label=model)
-                final = shown[shown["source"] == FROM_EVALUATION] if "source" in shown else shown.iloc[:0]
+                final = shown[shown["source"] == FROM_EVALUATION]
                 if len(final):
                     ax.plot(final["images_seen"], final[col], linestyle="none", marker="o", markersize=6,
                             mfc="white", color=lines[0].get_color())
