@@ -85,10 +85,14 @@ def feature_scales(feature_net: nn.Module, target_features: Sequence[Tensor]) ->
     """Per-layer divisors of the feature maps: 1 for VGG16, whose features the papers' weights
     (perceptual 0.05, style 120) were tuned on; for a substitute backbone (EfficientNet-Lite0)
     the RMS of the target's maps, so that each layer enters on VGG's order of magnitude instead
-    of its own (unscaled, the style term of EfficientNet features outweighed all others 100:1)."""
+    of its own (unscaled, the style term of EfficientNet features outweighed all others 100:1).
+    Under DDP the mean square is averaged over the processes (equal per-process batches), so every
+    process divides by the global batch's RMS, as one process on the whole batch would."""
+    from faceinpaint.training import distributed_mean
+
     if str(getattr(feature_net, "name", "")).startswith("vgg16"):
         return [target_features[0].new_ones(()) for _ in target_features]
-    return [t.square().mean().sqrt().clamp_min(1e-6) for t in target_features]
+    return [distributed_mean(t.square().mean()).sqrt().clamp_min(1e-6) for t in target_features]
 
 
 def inpainting_loss(output: Tensor, composite: Tensor, target: Tensor, mask: Tensor,

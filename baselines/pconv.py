@@ -178,16 +178,26 @@ class PartialConvUNet(nn.Module):
     def encoder_batch_norms(self) -> list[nn.BatchNorm2d]:
         return [block.norm for block in self.encoder if block.norm is not None]
 
-    def set_finetune(self, enabled: bool) -> None:
+    def set_finetune(self, enabled: bool, keep_requires_grad: bool = False) -> None:
         """Fine-tuning phase (Liu et al. 2018, training procedure: "freeze the Batch Normalization parameters
         in the encoder part of the network"; lr 5e-5 there, set by the caller): the encoder's
         batch norms use their running statistics (eval mode, kept by :meth:`train`) and their
         affine parameters stop learning. The decoder's batch norms keep training. The flag is
-        not saved in the state dict: the caller sets it from its schedule."""
+        not saved in the state dict: the caller sets it from its schedule.
+
+        ``keep_requires_grad`` (under ``DistributedDataParallel``, which expects a gradient for
+        every parameter that required one when it was wrapped): the frozen parameters keep
+        ``requires_grad`` and the caller drops their gradients (:meth:`frozen_parameters`)
+        before its optimiser step; without gradients they stay exactly as they are, as with
+        ``requires_grad`` off."""
         self.finetune = enabled
         for norm in self.encoder_batch_norms():
-            norm.requires_grad_(not enabled)
+            norm.requires_grad_(not enabled or keep_requires_grad)
         self.train(self.training)
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """The parameters the fine-tuning phase freezes (none outside it)."""
+        return [p for norm in self.encoder_batch_norms() for p in norm.parameters()] if self.finetune else []
 
     def train(self, mode: bool = True) -> PartialConvUNet:
         super().train(mode)
@@ -219,9 +229,17 @@ class ValidMaskAdapter(nn.Module):
         composite = torch.where(mask > 0.5, output, image_damaged)
         return {"output": output, "composite": composite}
 
-    def set_finetune(self, enabled: bool) -> None:
-        """The network's fine-tuning mode (frozen batch-norm statistics)."""
-        self.net.set_finetune(enabled)
+    def set_finetune(self, enabled: bool, keep_requires_grad: bool = False) -> None:
+        """The network's fine-tuning mode (frozen batch-norm statistics; see
+        :meth:`PartialConvUNet.set_finetune` for ``keep_requires_grad``)."""
+        if hasattr(self.net, "frozen_parameters"):
+            self.net.set_finetune(enabled, keep_requires_grad)
+        else:  # RFR: its batch norms' affine parameters keep learning, nothing to keep
+            self.net.set_finetune(enabled)
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """Parameters whose gradients the caller drops in the fine-tuning phase."""
+        return self.net.frozen_parameters() if hasattr(self.net, "frozen_parameters") else []
 
 
 class PConvInpainter(ValidMaskAdapter):

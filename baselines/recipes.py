@@ -69,13 +69,17 @@ class BaselineRecipe(InpainterRecipe):
         net = modules["net"]
         net.train()
         finetune = step >= self.finetune_from
-        unwrap(net).set_finetune(finetune)
+        # under DDP the frozen parameters keep requires_grad (its reducer expects their
+        # gradients) and lose their gradients before the step, below
+        unwrap(net).set_finetune(finetune, keep_requires_grad=net is not unwrap(net))
         for group in optimizers["net"].param_groups:
             group["lr"] = self.p.finetune_lr if finetune else self.p.lr
         out = net(image_damaged, mask)
         terms = inpainting_loss(out["output"], out["composite"], image, mask, modules["features"], self.weights)
         optimizers["net"].zero_grad(set_to_none=True)
         terms["total"].backward()
+        for p in unwrap(net).frozen_parameters():
+            p.grad = None
         optimizers["net"].step()
         return {**{k: v.detach() for k, v in terms.items()}, "finetune": float(finetune)}
 

@@ -265,7 +265,8 @@ class RFRNet(nn.Module):
         super().train(mode)
         if self.finetune:
             for module in self.modules():
-                if isinstance(module, nn.BatchNorm2d):
+                # _BatchNorm: also nn.SyncBatchNorm, which multi-GPU training converts them to
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
         return self
 

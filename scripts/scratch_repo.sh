@@ -6,6 +6,7 @@ scratch_repo() {
   local root=$PWD work=$1
   git ls-files -z | xargs -0 -I{} cp --parents {} "$work/"
   ln -s "$root/data" "$work/data"
+  ln -s "$root/unseen_sources" "$work/unseen_sources"
   cd "$work"
   sed -i 's/^profile: .*/profile: smoke/' params.yaml
   git init -q && git add -A && git -c user.name=scratch -c user.email=scratch@localhost commit -qm "smoke profile"

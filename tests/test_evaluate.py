@@ -106,17 +106,65 @@ def test_the_stage_writes_what_the_evaluation_reads(setup, tmp_path, monkeypatch
     assert all(np.array_equal(again.arrays[k], ref.arrays[k]) for k in ref.arrays)
 
 
-def test_the_metrics_file_holds_only_the_numbers_compared_across_experiments(setup, tmp_path):
+@pytest.fixture(scope="module")
+def evaluated(setup):
+    """One evaluation of the classical fill with the stored features: (summary, its folder)."""
+    cfg, prepared, tmp = setup
+    return evaluate_model(cfg, "biharmonic", tmp / "evaluated", prepared, features_dir=tmp / "features"), tmp / "evaluated"
+
+
+def test_the_metrics_file_holds_only_the_numbers_compared_across_experiments(setup, evaluated):
     from faceinpaint.evaluate import metrics_file
 
     cfg, prepared, tmp = setup
-    summary = evaluate_model(cfg, "biharmonic", tmp_path / "ev", prepared, features_dir=tmp / "features")
+    summary, folder = evaluated
     out = metrics_file(summary, "biharmonic")
     assert all(isinstance(v, (int, float)) for v in out.values())  # no strings or nested blocks: one column each
     assert out["n_images"] == cfg.evaluate.max_test_images and out["images_seen"] == 0  # the classical fill trains on nothing
     assert out["psnr"] == round(summary["psnr"], 5) and sum(k.startswith("fd_") for k in out) == 2  # both FDs
     trained = dict(summary, training={"pconv": {"images_seen": 80000, "train_time_s": 1.0}})
     assert metrics_file(trained, "pconv")["images_seen"] == 80000
+    # the hole-only metrics beside the whole-image ones: in the metrics file, the means of the rows
+    rows = pd.read_csv(folder / "per_image.csv")
+    square = rows[rows["mask_set"] == "square"]
+    for key in ("psnr_hole", "l1", "hole_l1"):
+        assert out[key] == round(float(square[key].mean()), 5), key
+    assert (square["psnr_hole"] < square["psnr"]).all()  # the known pixels are exact: the whole image scores higher
+
+
+def test_every_fd_records_its_provenance_and_the_run_logs_it(setup, evaluated):
+    """FD provenance against the weight files hashed here, and as the MLflow params of the run."""
+    import hashlib
+
+    from faceinpaint.evaluate import provenance_params
+    from faceinpaint.metrics import FACE_FD_BACKBONE, metric_key
+    from faceinpaint.pretrained.efficientnet_lite import efficientnet_lite0_weights_path
+    from faceinpaint.pretrained.weights import hub_checkpoints_dir, registered_path
+
+    cfg, prepared, tmp = setup
+    summary, folder = evaluated
+    prov = json.loads((folder / "summary.json").read_text())["fd_provenance"]
+    assert prov == summary["fd_provenance"]
+    fd_keys = sorted(k for k in summary if k.startswith("fd_") and k != "fd_provenance")
+    assert sorted(prov) == fd_keys and metric_key("fd", FACE_FD_BACKBONE) in prov
+    files = {"efficientnet_lite0-pool": efficientnet_lite0_weights_path(),
+             "inception-v3-pool3": registered_path("fid_inception", hub_checkpoints_dir()),
+             FACE_FD_BACKBONE: Path(cfg.backbones.face_recognition) / "face_recognition_model.bin"}
+    for key, p in prov.items():
+        assert key == metric_key("fd", p["backbone"])
+        assert p["weights_sha256"] == hashlib.sha256(Path(files[p["backbone"]]).read_bytes()).hexdigest()
+        assert p["n_images"] == summary["n_images"] == cfg.evaluate.max_test_images
+        assert p["input_range"] == [-1.0, 1.0] and p["resize"]["size"] in (150, 224, 299) and p["resize"]["filter"]
+    params = provenance_params(summary)
+    assert params[f"fd_provenance.{fd_keys[0]}.weights_sha256"] == prov[fd_keys[0]]["weights_sha256"]
+    assert len(params) == 6 * len(prov)  # backbone, sha256, count, resize size and filter, range
+
+
+def test_the_protocol_and_the_training_stages_agree_where_models_live():
+    from faceinpaint.evaluate import MODELS_DIR
+    from faceinpaint.recipes import MODELS_DIR as TRAINED
+
+    assert MODELS_DIR == TRAINED
 
 
 def test_an_evaluations_curve_images_score_what_the_training_runs_curve_evaluator_does(setup, tmp_path, monkeypatch):

@@ -405,3 +405,42 @@ def test_metric_suite_with_the_fid_backbone(tmp_path):
     from faceinpaint.pretrained import fid_feature_extractor
 
     _check_suite(fid_feature_extractor("efficientnet_lite0"), tmp_path)
+
+
+def test_hole_psnr_and_l1_by_hand_on_a_small_image():
+    """A 2 x 2 image with a two-pixel hole, every number worked out by hand on the [0, 1] scale."""
+    from faceinpaint.metrics import mean_abs_error, psnr_hole
+
+    target = torch.zeros(1, 3, 2, 2)  # 0.5 everywhere on the [0, 1] scale
+    pred = target.clone()
+    pred[0, :, 0, 0] = 0.5   # 0.75: error 0.25 in all three channels
+    pred[0, 0, 0, 1] = -1.0  # 0.0: error 0.5 in the red channel only
+    pred[0, :, 1, 1] = 0.2   # 0.6, but a known pixel: counts for the whole image only
+    mask = torch.zeros(1, 1, 2, 2)
+    mask[0, 0, 0, :] = 1.0   # the hole: the top row
+    # hole: six values, squared errors 3 x 0.0625 + 0.25 = 0.4375, MSE = 0.4375 / 6
+    assert psnr_hole(pred, target, mask)[0] == pytest.approx(10 * np.log10(6 / 0.4375), abs=1e-12)
+    # hole L1: (3 x 0.25 + 0.5) / 6; whole-image L1: (1.25 + 3 x 0.1) / 12
+    assert mean_abs_error(pred, target, mask)[0] == pytest.approx(1.25 / 6, abs=1e-7)
+    assert mean_abs_error(pred, target, torch.ones_like(mask))[0] == pytest.approx(1.55 / 12, abs=1e-7)
+    # only the hole counts: changing a known pixel leaves the hole PSNR as it is, the whole-image PSNR not
+    other = pred.clone()
+    other[0, :, 1, 0] = 1.0
+    assert psnr_hole(other, target, mask)[0] == psnr_hole(pred, target, mask)[0]
+    assert psnr(other, target)[0] < psnr(pred, target)[0]
+    assert psnr_hole(target, target, mask)[0] == np.inf
+    assert np.isnan(psnr_hole(pred, target, torch.zeros_like(mask))[0])
+
+
+def test_hole_psnr_equals_scikit_image_psnr_on_the_hole_pixels():
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from faceinpaint.metrics import psnr_hole, to_unit_rgb
+
+    pred, target = _images(1, 2, 16), _images(2, 2, 16)
+    mask = (torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(3)) < 0.3).float()
+    got = psnr_hole(pred, target, mask)
+    p, t = to_unit_rgb(pred), to_unit_rgb(target)
+    for i in range(2):
+        hole = mask[i, 0].numpy() > 0.5
+        assert got[i] == pytest.approx(peak_signal_noise_ratio(t[i][hole], p[i][hole], data_range=1.0), rel=1e-12)

@@ -565,3 +565,34 @@ def test_prior_checks_keep_one_row_per_sitting_and_run(tmp_path):
     assert plot_prior_curve(tmp_path, tmp_path / "prior.png")
     with Image.open(tmp_path / "prior.png") as im:
         assert im.format == "PNG"
+
+
+def test_report_page_leads_with_the_verdicts_and_defines_each_metric_once(report):
+    """The page: the claims' verdicts first (one line each, with the numbers of claims.json),
+    then the tables, then the budgets; every column definition of the tables once, at the end."""
+    import re
+
+    from faceinpaint.claims import _comparison_row
+
+    _, out, written = report
+    page = written["README.md"].read_text()
+    claims = json.loads((out / "claims.json").read_text())
+    order = [page.index(h) for h in ("\n## What was found\n", "\n## Table 1", "\n## Table 2", "\n## Claims of PAPER.md",
+                                     "\n## Figures\n", "\n## Training budgets\n", "\n## How it is measured\n")]
+    assert order == sorted(order)
+    found = page.split("\n## What was found\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in found.splitlines() if line.startswith("- **")]
+    everything = (*claims["claims"], {"id": "Check", **claims["classical_check"]})
+    assert len(lines) == len(everything)
+    for line, claim in zip(lines, everything):
+        assert line.startswith(f"- **{claim['id']}** {claim['statement']}: **{claim['verdict']}**")
+        for c in claim["comparisons"]:
+            name, _, diff, interval, _ = _comparison_row(c)
+            assert f"{c['metric']} {diff} {interval}" in line.split(f"{name}: ", 1)[1].split(";", 1)[0]
+    # each caption bullet of the tables appears once on the page, under "How it is measured"
+    measured = page.split("\n## How it is measured\n", 1)[1].split("\n## ", 1)[0]
+    for name in ("table1.md", "table2.md", "table_stage1.md"):
+        for bullet in re.findall(r"^- .*$", (out / name).read_text(), re.M):
+            assert page.count(bullet) == 1 and bullet in measured, bullet
+    assert page.count("- PSNR:") == 1 and page.count("- SSIM:") == 1
+    assert "Paired over the test images" in measured  # the claims' method, once, with the definitions

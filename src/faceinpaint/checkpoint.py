@@ -232,3 +232,27 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def detach_links(folder: str | Path) -> int:
+    """Give every file under ``folder`` that shares its data (a hard link, a symlink) a private
+    copy, written beside it and renamed over it, as ``dvc unprotect`` does; returns how many.
+
+    ``.dvc/config`` lets DVC link outputs to its cache (and ``scripts/store.py pull`` links the
+    cache to ``store/``), so writing into such a file in place (an appended ``stats.jsonl``, an
+    export rewritten by ``torch.save``) would alter the cached, stored object. Every stage that
+    writes into a DVC output calls this first; ``dvc repro`` also unprotects persistent outputs."""
+    count = 0
+    for path in sorted(Path(folder).rglob("*")) if Path(folder).is_dir() else []:
+        if not (path.is_symlink() and path.is_file()) and not (path.is_file() and path.stat().st_nlink > 1):
+            continue
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.detach")
+        with open(path, "rb") as src, open(tmp, "wb") as dst:
+            while chunk := src.read(1 << 22):
+                dst.write(chunk)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+        count += 1
+    if count:
+        log.info("%s: gave %d linked file(s) their own copy before writing", folder, count)
+    return count

@@ -113,9 +113,20 @@ def overall_verdict(verdicts: Sequence[str]) -> str:
     return INCONCLUSIVE
 
 
-def evaluate_claims(results: dict[str, EvalResult | None], n_resamples: int, n_resamples_fd: int, seed: int) -> dict:
-    """Claims C1-C3 and the classical-fill check, as the ``claims.json`` document."""
+# The paper's models an external method is compared with (paired, on the same images and masks).
+PAPER_MODELS = ("Ours", "Variant 2", "Variant 1", "PConv", "RFR")
+
+
+def evaluate_claims(results: dict[str, EvalResult | None], n_resamples: int, n_resamples_fd: int, seed: int,
+                    external: Sequence[str] = ()) -> dict:
+    """Claims C1-C3 and the classical-fill check, as the ``claims.json`` document; with
+    ``external`` (display names of external methods in ``results``) also each external method
+    against every paper model (``external``: external minus paper model, same metrics and intervals)."""
     tester = ClaimTester(results, n_resamples, n_resamples_fd, seed)
+    outside = [
+        {"method": name, "comparisons": [tester.compare(name, model, m) for model in PAPER_MODELS for m in CLAIM_METRICS]}
+        for name in external
+    ]
     claims = []
     for claim in CLAIMS:
         comparisons = [tester.compare(better, worse, m) for better, worse in claim.comparisons for m in CLAIM_METRICS]
@@ -123,7 +134,7 @@ def evaluate_claims(results: dict[str, EvalResult | None], n_resamples: int, n_r
     classical = [
         tester.compare(display, CLASSICAL, m)
         for display, r in results.items()
-        if display != CLASSICAL and r is not None
+        if display != CLASSICAL and r is not None and display not in external
         for m in CLASSICAL_CHECK_METRICS
     ]
     return {
@@ -140,6 +151,7 @@ def evaluate_claims(results: dict[str, EvalResult | None], n_resamples: int, n_r
             "verdict": overall_verdict([c["verdict"] for c in classical]) if classical else NOT_RUN,
             "comparisons": classical,
         },
+        **({"external": outside} if outside else {}),
     }
 
 
@@ -171,6 +183,11 @@ def claims_markdown(doc: dict) -> str:
     for claim in (*doc["claims"], {"id": "Check", **doc["classical_check"]}):
         parts += ["", f"## {claim['id']}: {claim['statement']} — **{claim['verdict']}**", ""]
         parts.append(markdown_table(header, [_comparison_row(c) for c in claim["comparisons"]]) if claim["comparisons"] else "No model evaluated.")
+    for method in doc.get("external", []):
+        parts += ["", f"## External: {method['method']} against the paper's models", "",
+                  "Not a claim of the paper: an external method (params `external_methods`) scored on the same images "
+                  "and masks; \"holds\" means the external method is better.", ""]
+        parts.append(markdown_table(header, [_comparison_row(c) for c in method["comparisons"]]))
     return "\n".join(parts) + "\n"
 
 

@@ -114,12 +114,28 @@ class StructureLoss(_Strict):
 
 
 class TextureLoss(_Strict):
-    """PAPER.md sec. 3: L_T = 10 perceptual + adversarial + 100 L1; WGAN-GP weight 10."""
+    """PAPER.md sec. 3: L_T = 10 perceptual + adversarial + 100 L1; WGAN-GP weight 10.
+
+    How the text is read (:func:`faceinpaint.losses.texture_loss`): ``l1_reduction`` ``mean``
+    (per element) or ``sum`` (``||I_gt - I_out||_1`` per image, as the norm is written);
+    ``l1_region`` ``output`` (raw output, every pixel), ``composite`` or ``hole``;
+    ``perceptual_region`` ``output`` or ``composite``. The defaults are the reading the stored
+    models were trained with. Critic updates per step: ``texture.critic_steps`` (profile)."""
 
     perceptual: float = Field(default=10.0, ge=0)
     adversarial: float = Field(default=1.0, ge=0)
     l1: float = Field(default=100.0, ge=0)
     gradient_penalty: float = Field(default=10.0, ge=0)
+    l1_reduction: Literal["mean", "sum"] = "mean"
+    l1_region: Literal["output", "composite", "hole"] = "output"
+    perceptual_region: Literal["output", "composite"] = "output"
+
+    @model_validator(mode="after")
+    def _one_name_per_reading(self) -> "TextureLoss":
+        if self.l1_region == "hole" and self.l1_reduction == "sum":
+            raise ValueError("l1_region 'hole' with l1_reduction 'sum' is the composite's sum of absolute errors; "
+                             "write l1_region: composite")
+        return self
 
 
 class PConvLoss(_Strict):
@@ -268,6 +284,49 @@ class EvaluateParams(_Strict):
     """Resamples for the Frechet distance, which recomputes FD on each (costlier)."""
 
 
+class RuntimeParams(_Strict):
+    """How a profile's training runs on its device, not what it learns: not part of a run's
+    identity (a run may continue with other settings) and off (today's behaviour, bit for bit)
+    for ``smoke`` and ``cpu``. docs/GPU.md measures them."""
+
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """``bf16``: the recipes' forward passes under bf16 autocast (weights, optimiser states and
+    losses stay fp32)."""
+    channels_last: bool = False
+    """Trainable modules and image batches in channels-last memory format."""
+    compile: Literal["off", "default", "reduce-overhead"] = "off"
+    """``torch.compile`` mode of the trainable modules' forward passes."""
+    deterministic: bool = True
+    """``true``: deterministic kernels where torch has them (the ops without one are named in
+    the run's log); ``false``: ``cudnn.benchmark`` picks the fastest kernels."""
+
+    def is_default(self) -> bool:
+        return self == RuntimeParams()
+
+
+class DiagnosticsParams(_Strict):
+    """The C1 diagnostics (:mod:`faceinpaint.diagnostics`; issue "Why C1 fails at 64 px"). 0 images:
+    the stage writes a note that it is off (the ``smoke`` profile, and any profile without the block)."""
+
+    residual_images: int = Field(default=0, ge=0)
+    """First test images (with their squares) of ``stage2_residual``: stage 1 against Ours."""
+    residual_finetune_steps: int = Field(default=0, ge=0)
+    """Fine-tune steps per loss reading from Ours' last checkpoint (its optimiser state); 0: no
+    fine-tune table (each step costs one training step of Ours per reading)."""
+    inversion_images: int = Field(default=0, ge=0)
+    """First test images (with their squares) of ``inversion_oracle``."""
+    inversion_steps: tuple[int, ...] = (50, 100, 200)
+    """Adam steps at which the masked W+ inversion is scored (increasing)."""
+    inversion_lr: float = Field(default=0.01, gt=0)
+
+    @field_validator("inversion_steps")
+    @classmethod
+    def _increasing(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or v[0] < 1 or any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"inversion_steps must be positive and increasing, got {list(v)}")
+        return v
+
+
 class ProfileParams(_Strict):
     resolution: int
     stylegan: StyleGANParams
@@ -276,6 +335,8 @@ class ProfileParams(_Strict):
     pconv: PConvParams
     rfr: RFRParams
     evaluate: EvaluateParams = EvaluateParams()
+    runtime: RuntimeParams = RuntimeParams()
+    diagnostics: DiagnosticsParams = DiagnosticsParams()
     budgets: dict[Literal["stylegan", "structure", "full", "variant1", "variant2", "pconv", "rfr"], int | None] = {}
     """``max_steps`` of one model where it differs from its section's. The three texture models
     share ``texture``: one of them may be mid-way through its long run while another has reached
@@ -302,21 +363,114 @@ class ProfileParams(_Strict):
         return check_resolution(v)
 
 
+DEVICE_FORMS = "'cpu', 'cuda' or 'cuda:N'"
+STDDEV_GROUP = 4
+"""StyleGAN2's minibatch-stddev group (``faceinpaint.stylegan2.Discriminator.stddev_group``)."""
+
+
+def check_device(value: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N`` (syntax only; :func:`device_available` asks torch)."""
+    kind, _, index = value.partition(":")
+    if kind == "cpu" and not index or kind == "cuda" and (not _ or index.isdigit()):
+        return value
+    raise ValueError(f"device must be {DEVICE_FORMS}, got {value!r}")
+
+
+def check_batches(params: "ParamsFile", world_size: int | None = None, source: str = "params.yaml") -> None:
+    """Every section's ``batch_size`` is per process, so no process count changes what one
+    process computes. What a per-process batch must allow on ``world_size`` processes (default:
+    ``nproc``) is checked here, naming the key and the process count: StyleGAN2's
+    minibatch-stddev group keeps its size of 4 on every process count, so with several processes
+    the prior's per-process batch must be a multiple of 4 (one process may also use a divisor)."""
+    world = params.nproc if world_size is None else world_size
+    b = params.profiles[params.profile].stylegan.batch_size
+    group = min(b, STDDEV_GROUP)
+    if b % group or (world > 1 and group < STDDEV_GROUP):
+        raise ConfigError(
+            f"{source}: profiles.{params.profile}.stylegan.batch_size is {b} images per process on {world} process(es): "
+            f"StyleGAN2's minibatch-stddev group of {STDDEV_GROUP} needs a per-process batch that is a multiple of "
+            f"{STDDEV_GROUP} on several processes (in one process, a multiple or a divisor of {STDDEV_GROUP})")
+
+
+def device_available(device: str, nproc: int = 1) -> None:
+    """Raise :class:`ConfigError` unless torch sees ``device`` (and, for ``cuda`` with ``nproc``
+    processes per node, one CUDA device per process)."""
+    if device == "cpu":
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA device "
+                          f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); set device: cpu in params.yaml")
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        raise ConfigError(f"device {device!r} asked for, but torch sees {count} CUDA device(s) (cuda:0 .. cuda:{count - 1})")
+    if nproc > 1 and nproc > count:
+        raise ConfigError(f"nproc {nproc} processes per node need one CUDA device each, but torch sees {count}")
+
+
+class UnseenParams(_Strict):
+    """The unseen-people test set (:mod:`faceinpaint.unseen`, the ``unseen`` stage): public
+    CelebA-HQ / FFHQ photographs of people outside the training identities, framed like the
+    prepared crops (eye positions measured at the profile's resolution)."""
+
+    originals: str = "unseen_sources"
+    """Folder of the original files (DVC-tracked, ``unseen_sources.dvc``, in the model store)."""
+    sources: str = "reports/unseen/sources.tsv"
+    """Provenance of every original: file, repository, commit, path, sha256, bytes, status."""
+    max_faces: int = Field(default=200, ge=1)
+    """The first this many faces (in the provenance table's order) that pass are kept."""
+    max_padding: float = Field(default=0.06, ge=0.0, lt=0.5)
+    """Largest part of a crop's side that may lie outside its original (filled by mirroring)."""
+
+
 class ParamsFile(_Strict):
     profile: Literal["smoke", "cpu", "paper"] = "cpu"
     seed: int = Field(default=0, ge=0)
+    device: str = "cpu"
+    """Torch device of every torch stage (train, evaluate, test-features, identity-auc, inpaint):
+    ``cpu``, ``cuda`` (each process its ``cuda:LOCAL_RANK``) or ``cuda:N``. Not a param of any
+    stage's result (not in a run's identity, not declared to DVC): it says where, not what."""
+    nproc: int = Field(default=1, ge=1)
+    """Training processes per node; above 1, ``faceinpaint train`` relaunches itself through
+    ``torchrun --standalone --nproc-per-node`` (docs/GPU.md). Every section's ``batch_size`` is
+    per process: the global batch is ``batch_size x nproc x nodes``."""
     data: DataParams = DataParams()
     masks: MaskParams = MaskParams()
     losses: LossParams = LossParams()
     learning_rates: LearningRates = LearningRates()
     backbones: BackboneParams = BackboneParams()
+    unseen: UnseenParams = UnseenParams()
+    external_methods: dict[str, str] = {}
+    """Methods outside the code base, ``name: predictions folder`` for the exported benchmark
+    (faceinpaint.benchmark): each is scored by ``faceinpaint evaluate --predictions`` and joins
+    the report's tables and paired comparisons below the paper's rows, marked external."""
     profiles: dict[Literal["smoke", "cpu", "paper"], ProfileParams]
+
+    @field_validator("external_methods")
+    @classmethod
+    def _external_names(cls, v: dict[str, str]) -> dict[str, str]:
+        import re
+
+        from .models import MODELS
+
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name) or name in MODELS:
+                raise ValueError(f"external method {name!r}: expected letters, digits, '_' or '-', not a registered model's name")
+        return v
 
     @model_validator(mode="after")
     def _active_profile_exists(self) -> "ParamsFile":
         if self.profile not in self.profiles:
             raise ValueError(f"profile {self.profile!r} has no block under 'profiles'")
         return self
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device(v)
+
 
 
 class Config:
@@ -362,9 +516,11 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
     try:
-        return Config(ParamsFile.model_validate(raw), Path(source))
+        params = ParamsFile.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from None
+    check_batches(params, source=source)
+    return Config(params, Path(source))
 
 
 def load_config(path: str | Path = "params.yaml", profile: str | None = None) -> Config:
@@ -380,4 +536,6 @@ def load_config(path: str | Path = "params.yaml", profile: str | None = None) ->
         if profile not in PROFILES:
             raise ConfigError(f"profile must be one of {PROFILES}, got {profile!r}")
         raw = dict(raw, profile=profile)
-    return parse_params(raw, str(path))
+    cfg = parse_params(raw, str(path))
+    device_available(cfg.device, cfg.nproc)
+    return cfg

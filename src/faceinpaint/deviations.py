@@ -105,6 +105,23 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "faceinpaint.texture:wgan_generator_loss",
     ),
     Deviation(
+        "Reading of L_T: L1 per element, on the raw output",
+        "L1 is the mean absolute error per element (`losses.texture.l1_reduction: mean`), and L1 and "
+        "the perceptual term compare the raw output with the target over every pixel (`l1_region`, "
+        "`perceptual_region`: output), though only the hole survives in the composite; the critic scores "
+        "the composite. The paper writes L1 = ‖I_gt - I_out‖_1 as a norm, a sum over the image's "
+        "elements, \"given the mask M\" that the formula then does not use, and names no region for "
+        "any term; its perceptual term compares P(I_r), the stage-1 result, most likely a slip for the "
+        "final output, which is what is compared here.",
+        "The text leaves the reading open; the per-element mean on every pixel is the usual "
+        "implementation and the one the stored models were trained with, not the literal one: read "
+        "as a sum (`l1_reduction: sum`), L1 grows by the element count 3 x H x W (12,288 at 64x64), so "
+        "the critic's term weighs that much less against it. The readings are params (`sum`; "
+        "`composite` or `hole` regions) so that a pilot at an equal budget can choose between them; "
+        "reports/diagnostics/stage2_residual.json measures today's balance on the stored models.",
+        "faceinpaint.losses:texture_loss",
+    ),
+    Deviation(
         "One critic step, Adam betas (0.5, 0.9)",
         "The texture critic takes one update per generator update (`texture.critic_steps`, "
         "default 1), and both use Adam with betas (0.5, 0.9). The paper states Adam and WGAN-GP "

@@ -25,7 +25,12 @@ machine name, e.g. ``full``, ``variant1``, ``variant2``, ``pconv``, ``rfr``, ``b
     lpips          float  LPIPS distance, backbone in ``summary.json``
     id_sim         float  cosine of identity embeddings of composite and original
     hole_l1        float  mean absolute error inside the hole, on the [0, 1] scale
+    psnr_hole      float  dB, PSNR inside the hole only (:func:`faceinpaint.metrics.psnr_hole`)
+    l1             float  mean absolute error over the whole image, on the [0, 1] scale
+                          (:func:`faceinpaint.metrics.mean_abs_error`)
     ============== ====== ===================================================================
+
+    ``psnr_hole`` and ``l1`` came later: a folder written before them reads without them.
 
     ``(image_id, mask_set, mask_id)`` is unique. In the square set every image appears once.
 
@@ -38,6 +43,12 @@ the model's facts)::
      "lpips_<backbone>": 0.04,              # metric_key("lpips", backbones["lpips"])
      "fd_<backbone>": 12.3,                 # metric_key("fd", backbones["fd"])
      "fd_faceapi-resnet29": 0.02, "hole_l1": 0.03,    # FACE_FD and the hole L1 (read when present)
+     "psnr_hole": 18.1, "l1": 0.004,        # hole-only PSNR, whole-image L1 (read when present)
+     "fd_provenance": {"<fd key>": {"backbone": ..., "weights_sha256": ..., "n_images": 1200,
+                       "resize": {"size": 299, "filter": ...}, "input_range": [-1, 1]}, ...},
+                                            # every FD's measuring conditions (read when present)
+     "external": {"predictions": "<folder>", "format": "png", "manifest_sha256": ...},
+     "known_pixels": {"changed_fraction": 0.0, ...},  # external methods only
      "backbones": {"fd": "<fid extractor .name>", "lpips": "<lpips .name>", "id": "<identity net>"},
      "psnr_settings": {...}, "ssim_settings": {...},  # the scikit-image keyword arguments
      "square_boxes": [[x0, y0, x1, y1], ...],         # the ten squares in pixels, x1/y1 exclusive
@@ -70,7 +81,8 @@ import pandas as pd
 import torch
 
 from .data import to_uint8_image
-from .metrics import AREA_BIN_LABELS, AREA_BIN_OVERFLOW, FACE_FD_BACKBONE, MASK_SETS, ROW_COLUMNS, frechet_distance, metric_key
+from .metrics import (AREA_BIN_LABELS, AREA_BIN_OVERFLOW, FACE_FD_BACKBONE, LATER_ROW_COLUMNS, MASK_SETS, ROW_COLUMNS,
+                      frechet_distance, metric_key)
 from .models import INPAINTERS, MODELS
 
 NOT_RUN = "not run"
@@ -129,10 +141,10 @@ def samples_from_batch(
 
 
 def _check_rows(rows: pd.DataFrame, where: str) -> pd.DataFrame:
-    missing = [c for c in ROW_COLUMNS if c not in rows.columns]
+    missing = [c for c in ROW_COLUMNS if c not in rows.columns and c not in LATER_ROW_COLUMNS]
     if missing:
         raise EvalFormatError(f"{where}: per-image rows lack columns {missing}")
-    rows = rows[list(ROW_COLUMNS)].copy()
+    rows = rows[[c for c in ROW_COLUMNS if c in rows.columns]].copy()  # a folder from before the later columns lacks them
     rows["image_id"] = rows["image_id"].astype(str)
     rows["mask_id"] = rows["mask_id"].astype(np.int64)
     bad_sets = sorted(set(rows["mask_set"]) - set(MASK_SETS))

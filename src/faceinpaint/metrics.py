@@ -44,7 +44,10 @@ AREA_BIN_LABELS: tuple[str, ...] = tuple(
 AREA_BIN_OVERFLOW = ">60%"
 
 MASK_SETS = ("square", "irregular")
-ROW_COLUMNS = ("image_id", "mask_set", "mask_id", "area_bin", "hole_fraction", "psnr", "ssim", "lpips", "id_sim", "hole_l1")
+ROW_COLUMNS = ("image_id", "mask_set", "mask_id", "area_bin", "hole_fraction", "psnr", "ssim", "lpips", "id_sim", "hole_l1",
+               "psnr_hole", "l1")
+# Added after the first evaluations: an evaluation folder written before them reads without them.
+LATER_ROW_COLUMNS = ("psnr_hole", "l1")
 # Frechet distance on the face-recognition network's 128-d unit embeddings (face crop of the ID
 # metric): a face-specific FD next to the ImageNet-backbone one. Ours and Variant 2 train with an
 # ID loss on this network, so for them it is not an independent judge.
@@ -52,7 +55,7 @@ FACE_FD_BACKBONE = "faceapi-resnet29"
 
 # Direction of every reported metric; bootstrap differences are read through it.
 HIGHER_IS_BETTER: dict[str, bool] = {"psnr": True, "ssim": True, "lpips": False, "id_sim": True, "fd": False,
-                                     "hole_l1": False}
+                                     "hole_l1": False, "psnr_hole": True, "l1": False}
 
 HOLDS, DOES_NOT_HOLD, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 
@@ -84,6 +87,35 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
     p, t = to_unit_rgb(pred), to_unit_rgb(target)
     with np.errstate(divide="ignore"):
         return np.array([peak_signal_noise_ratio(ti, pi, **PSNR_SETTINGS) for pi, ti in zip(p, t)])
+
+
+def psnr_hole(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """Per-image PSNR in dB inside the hole only; shape ``(N,)``.
+
+    ``10 log10(1 / MSE_hole)``, ``MSE_hole = sum_{p in hole, c} (x_pc - y_pc)^2 / (3 |hole|)`` on the
+    same clipped [0, 1] RGB as :func:`psnr` (peak 1): the hole's pixels are the only ones a
+    composite can get wrong, so unlike the whole-image PSNR it does not rise with the known area.
+    ``mask``: ``N x 1 x H x W``, hole = 1 (> 0.5). Identical holes give ``inf``, an empty hole ``nan``.
+    """
+    p, t = to_unit_rgb(pred), to_unit_rgb(target)
+    hole = (mask.detach().to("cpu") > 0.5)[:, 0].numpy()
+    if hole.shape != p.shape[:3]:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not fit images of shape {tuple(pred.shape)}")
+    out = np.full(len(p), np.nan)
+    for i, (pi, ti, hi) in enumerate(zip(p, t, hole)):
+        if hi.any():
+            mse = float(np.mean((pi[hi] - ti[hi]) ** 2))
+            with np.errstate(divide="ignore"):
+                out[i] = 10.0 * np.log10(1.0 / mse) if mse > 0 else np.inf
+    return out
+
+
+def mean_abs_error(pred: torch.Tensor, target: torch.Tensor, region: torch.Tensor) -> np.ndarray:
+    """Per-image L1 on the [0, 1] scale over ``region`` (``N x 1 x H x W``, 1 = counted):
+    ``sum_{p in region, c} |x_pc - y_pc| / 2 / (C |region|)`` on the images in [-1, 1] as given
+    (not clipped). ``hole_l1`` is it over the hole, ``l1`` over the whole image; shape ``(N,)``."""
+    err = ((pred.double() - target.double()).abs() / 2 * region).flatten(1).sum(1)
+    return (err / (region.double().flatten(1).sum(1) * pred.shape[1]).clamp_min(1)).cpu().numpy()
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
@@ -389,9 +421,9 @@ class MetricSuite:
         id_composite = self.id_embedder(composite)
         id_values = F.cosine_similarity(id_composite, id_original, dim=1).double().cpu().numpy()
         hole_fractions = mask.reshape(mask.shape[0], -1).double().mean(dim=1).cpu().numpy()
-        # mean absolute error inside the hole, on the [0, 1] scale, over the hole's pixels and channels
-        hole_err = ((composite.double() - original.double()).abs() / 2 * mask).flatten(1).sum(1)
-        hole_l1 = (hole_err / (mask.double().flatten(1).sum(1) * composite.shape[1]).clamp_min(1)).cpu().numpy()
+        hole_l1 = mean_abs_error(composite, original, mask)
+        l1_values = mean_abs_error(composite, original, torch.ones_like(mask))
+        psnr_hole_values = psnr_hole(composite, original, mask)
         for i, (image_id, mask_id) in enumerate(zip(image_ids, mask_ids)):
             self._rows.append(
                 {
@@ -405,6 +437,8 @@ class MetricSuite:
                     "lpips": float(lpips_values[i]),
                     "id_sim": float(id_values[i]),
                     "hole_l1": float(hole_l1[i]),
+                    "psnr_hole": float(psnr_hole_values[i]),
+                    "l1": float(l1_values[i]),
                 }
             )
         store = self._features[mask_set]
@@ -454,6 +488,8 @@ class MetricSuite:
             metric_key("fd", self.backbones["fd"]): frechet_distance(feats["real"], feats["composite"]),
             metric_key("fd", FACE_FD_BACKBONE): frechet_distance(face["real"], face["composite"]),
             "hole_l1": float(rows["hole_l1"].mean()),
+            "psnr_hole": float(rows["psnr_hole"].mean()),
+            "l1": float(rows["l1"].mean()),
             "backbones": dict(self.backbones),
             "psnr_settings": dict(PSNR_SETTINGS),
             "ssim_settings": dict(SSIM_SETTINGS),

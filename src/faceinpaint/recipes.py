@@ -28,7 +28,7 @@ from torch import nn
 from .config import Config
 from .data import identity_box_fraction
 from .models import INPAINTERS, TEXTURE_MODELS, resolve, spec
-from .training import EmaSpec, Recipe, unwrap
+from .training import EmaSpec, Recipe, distributed_mean, unwrap
 
 MODELS_DIR = Path("artifacts/models")
 MODEL_FILE = "model.pt"
@@ -86,6 +86,7 @@ class StyleGANRecipe(Recipe):
 
     name = "stylegan"
     trainable = ("G", "D")
+    double_backward = ("G", "D")  # path-length regularisation, R1
 
     def __init__(self, cfg: Config, name: str = "stylegan"):
         self.cfg, self.p = cfg, cfg.stylegan
@@ -156,7 +157,10 @@ class StyleGANRecipe(Recipe):
         if p.path_regularize > 0 and step % p.g_reg_every == 0:
             path_batch = max(1, n // p.path_batch_shrink)
             fake, latents = G(mixing_noise(path_batch, p.style_dim, p.mixing, real.device), return_latents=True)
-            penalty, self.mean_path_length, lengths = g_path_regularize(fake, latents, self.mean_path_length)
+            penalty, path_mean, lengths = g_path_regularize(fake, latents, self.mean_path_length)
+            # one running mean over every process's path lengths (so that every process, and the
+            # checkpoint rank 0 writes, hold the same one); in one process the value itself
+            self.mean_path_length = distributed_mean(path_mean)
             optimizers["G"].zero_grad(set_to_none=True)
             (p.path_regularize * p.g_reg_every * penalty + 0 * fake[0, 0, 0, 0]).backward()
             optimizers["G"].step()
@@ -234,6 +238,7 @@ class TextureRecipe(InpainterRecipe):
     """
 
     trainable = ("G", "D")
+    double_backward = ("D",)  # the WGAN gradient penalty
 
     def __init__(self, cfg: Config, name: str):
         if name not in TEXTURE_ATTENTION:
@@ -271,7 +276,8 @@ class TextureRecipe(InpainterRecipe):
         return (lambda x, m: self.generate(modules, x, m)), [modules["G"]]
 
     def train_step(self, modules, optimizers, batch, step):
-        from .texture import texture_generator_loss, wgan_critic_loss
+        from .losses import texture_loss
+        from .texture import wgan_critic_loss
 
         w = self.cfg.losses.texture
         G, D = modules["G"], modules["D"]
@@ -287,8 +293,8 @@ class TextureRecipe(InpainterRecipe):
             optimizers["D"].step()
 
         unwrap(D).requires_grad_(False)
-        g = texture_generator_loss(out["output"], image, mask, modules["perceptual"], unwrap(D),
-                                   w.perceptual, w.adversarial, w.l1)
+        # the reading of L_T in `losses.texture` (faceinpaint.losses.texture_loss; defaults: the stored models')
+        g = texture_loss(out["output"], image, mask, modules["perceptual"], unwrap(D), w)
         optimizers["G"].zero_grad(set_to_none=True)
         g["total"].backward()
         optimizers["G"].step()

@@ -17,9 +17,13 @@ learning-curve budget, :func:`faceinpaint.claims.verdicts_by_budget`);
 ``metrics.json`` (flat, every model in one file; CI's regression check reads it: ``<model>.psnr``, ``<model>.ssim``,
 ``<model>.id_sim``, ``<model>.fd_<backbone>``, ``<model>.lpips_<backbone>`` per evaluated model, and
 ``<model>.hole_l1``, ``<model>.fd_faceapi-resnet29`` where its summary has them).
-``README.md`` (:func:`report_page`): every table above verbatim, the training budgets, the texture
-generator's levels, the deviations from the paper and the figures, in one page.
+``README.md`` (:func:`report_page`): the claims' verdicts first, one line each, then every table
+above verbatim, the figures, the training budgets, the texture generator's levels, the
+deviations from the paper, and how each metric is measured (each definition once), in one page.
 A model whose folder is missing appears as "not run", so the report works on partial pipelines.
+External methods (params ``external_methods``, scored by ``faceinpaint evaluate --predictions``)
+get a row below the paper's in Tables 1-2, marked external, and paired intervals against every
+paper model in ``claims.{md,json}`` (``external``); the claims C1-C3 are unchanged by them.
 """
 
 from __future__ import annotations
@@ -74,15 +78,55 @@ def training_masks_markdown(irregular_prob: float, square_min_frac: float, squar
             "irregular masks' test half for the area bins.")
 
 
+def verdict_lines(claims: dict) -> list[str]:
+    """One line per claim of ``claims.json`` (C1-C3, then the classical check): its statement,
+    verdict and every comparison's difference with its interval."""
+    from .claims import _comparison_row
+
+    lines = []
+    for claim in (*claims["claims"], {"id": "Check", **claims["classical_check"]}):
+        by_pair: dict[str, list[str]] = {}
+        for c in claim["comparisons"]:
+            name, metric, diff, interval, verdict = _comparison_row(c)
+            by_pair.setdefault(name, []).append(f"{metric.split(' ')[0]} {diff} {interval}" if diff != verdict else f"{metric} {verdict}")
+        detail = "; ".join(f"{pair}: {', '.join(parts)}" for pair, parts in by_pair.items()) or "no model evaluated"
+        lines.append(f"- **{claim['id']}** {claim['statement']}: **{claim['verdict']}** ({detail}).")
+    return lines
+
+
+def _split_definitions(markdown: str) -> tuple[str, list[str]]:
+    """A table file without the bullet lines of its caption (what each column measures), and
+    those lines: the page gives each definition once, at its end."""
+    lines = markdown.splitlines()
+    first_row = next((i for i, line in enumerate(lines) if line.startswith("|")), len(lines))
+    moved = [line for line in lines[:first_row] if line.startswith("- ")]
+    kept = [line for i, line in enumerate(lines) if not (i < first_row and line.startswith("- "))]
+    return "\n".join(kept), moved
+
+
+def _split_method(markdown: str) -> tuple[str, list[str]]:
+    """``claims.md`` without its method paragraph (the text between its title and first claim), and that paragraph."""
+    lines = markdown.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.startswith("## ")), len(lines))
+    method = [line for line in lines[1:first] if line.strip()]
+    return "\n".join(lines[:1] + [""] + lines[first:]), method
+
+
 def report_page(out_dir: Path, results: dict[str, EvalResult | None], profile: dict[str, object],
-                texture_levels: str | None = None, training_masks: str | None = None) -> str:
-    """``reports/README.md``: what was run and every result file of the report, in one page. Its
-    tables are the report's own files, included verbatim; the budgets come from the evaluations.
-    ``texture_levels`` (:func:`faceinpaint.tables.texture_levels_markdown` of the profile) follows
-    the budgets when given; the deviations from the paper (:data:`faceinpaint.deviations.DEVIATIONS`)
-    come after the figures."""
+                texture_levels: str | None = None, training_masks: str | None = None,
+                claims: dict | None = None) -> str:
+    """``reports/README.md``: what was run and every result file of the report, in one page that
+    leads with the answer: the claims' verdicts (one line each, with their intervals, from
+    ``claims`` or ``claims.json``), then the tables (the report's own files, included verbatim
+    except for their column definitions), the claims in full, the figures, the training budgets
+    (from the evaluations; ``training_masks`` and ``texture_levels``,
+    :func:`faceinpaint.tables.texture_levels_markdown`, after them when given), the deviations
+    from the paper (:data:`faceinpaint.deviations.DEVIATIONS`) and, at the end, how each metric is
+    measured: every definition once."""
     evaluated = [r for r in results.values() if r is not None]
     resolution = evaluated[0].summary.get("resolution") if evaluated else None
+    if claims is None and (out_dir / "claims.json").is_file():
+        claims = json.loads((out_dir / "claims.json").read_text())
     parts = [
         "# Reproduction report",
         "",
@@ -92,7 +136,25 @@ def report_page(out_dir: Path, results: dict[str, EvalResult | None], profile: d
         f"{evaluated[0].summary.get('n_images', '?') if evaluated else 0} test images with the ten square masks. "
         f"Models evaluated: {', '.join(r.display for r in evaluated) or 'none'}; not run: "
         f"{', '.join(d for d, r in results.items() if r is None) or 'none'}.",
-        "",
+    ]
+    if claims is not None:
+        parts += ["", "## What was found", "",
+                  f"The claims of PAPER.md sec. 7, each a set of paired comparisons on the test images (difference, "
+                  f"{claims['confidence']:.0%} interval); the tables and the claims in full follow, how each number "
+                  "is measured is at the end.", "", *verdict_lines(claims)]
+    definitions: list[str] = []
+    for name in ("table1.md", "table2.md", "table_stage1.md", "claims.md", "claims_by_budget.md", "irregular_bins.md"):
+        path = out_dir / name
+        if path.is_file():
+            text = path.read_text().strip()
+            text, moved = _split_method(text) if name == "claims.md" else _split_definitions(text)
+            definitions += [line for line in moved if line not in definitions]
+            parts += ["", _demote(text)]
+    parts += ["", "## Figures", ""]
+    for caption, name in PAGE_FIGURES:
+        if (out_dir / name).is_file():
+            parts += [f"**{caption}** (`{name}`)", "", f"![{caption}]({name})", ""]
+    parts += [
         "## Training budgets",
         "",
         "| model | training run | images seen | training time |",
@@ -103,15 +165,12 @@ def report_page(out_dir: Path, results: dict[str, EvalResult | None], profile: d
         parts += ["", training_masks]
     if texture_levels is not None:
         parts += ["", _demote(texture_levels.strip())]
-    for name in ("table1.md", "table2.md", "table_stage1.md", "claims.md", "claims_by_budget.md", "irregular_bins.md"):
-        path = out_dir / name
-        if path.is_file():
-            parts += ["", _demote(path.read_text().strip())]
-    parts += ["", "## Figures", ""]
-    for caption, name in PAGE_FIGURES:
-        if (out_dir / name).is_file():
-            parts += [f"**{caption}** (`{name}`)", "", f"![{caption}]({name})", ""]
-    parts += [_demote(deviations_markdown().strip()), ""]
+    parts += ["", _demote(deviations_markdown().strip()), ""]
+    if definitions:
+        bullets = [line for line in definitions if line.startswith("- ")]
+        prose = [line for line in definitions if not line.startswith("- ")]
+        parts += ["## How it is measured", "", *bullets, ""]
+        parts += [f"**The claims' intervals.** {line}" for line in prose] + ([""] if prose else [])
     parts += [
         "## How to reproduce",
         "",
@@ -138,7 +197,7 @@ def metrics_document(results: dict[str, EvalResult | None]) -> dict[str, float]:
             flat[f"{r.name}.{metric}"] = r.value(metric)
         for metric in ("fd", "lpips"):
             flat[f"{r.name}.{metric_key(metric, r.summary['backbones'][metric])}"] = r.value(metric)
-        for key in ("hole_l1", FACE_FD):
+        for key in ("hole_l1", FACE_FD, "psnr_hole", "l1"):
             if key in r.summary:
                 flat[f"{r.name}.{key}"] = float(r.summary[key])
     return flat
@@ -158,6 +217,7 @@ def build_report(
     resolution: int | None = None,
     texture_widths: tuple[int, int] | None = None,
     training_masks: tuple[float, float, float] | None = None,
+    external: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
     """The ``report`` stage. ``models`` maps display names (those of
     :data:`faceinpaint.tables.TABLES`, the classical :data:`faceinpaint.evalformat.CLASSICAL`, or
@@ -172,14 +232,18 @@ def build_report(
     files by name."""
     eval_root, out_dir = Path(eval_root), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # external methods (params external_methods: name -> predictions folder), by their folder name
+    outside = [name for name in (external or {}) if name not in models.values()]
+    models = {**models, **{name: name for name in outside}}
     results = {display: load_eval_dir(eval_root / name, display) for display, name in models.items()}
     for display in {n for names in TABLES.values() for n in names} | {CLASSICAL}:
         results.setdefault(display, None)
     written: dict[str, Path] = {}
 
     for table, names in TABLES.items():
-        frame = table_frame(names, results, models)
-        present = [results[n] for n in (*names, CLASSICAL) if results[n] is not None]
+        rows_outside = outside if table in ("table1", "table2") else []
+        frame = table_frame(names, results, models, rows_outside)
+        present = [results[n] for n in (*names, CLASSICAL, *rows_outside) if results[n] is not None]
         title = TABLE_TITLES[table]
         frame.to_csv(out_dir / f"{table}.csv", index=False)
         (out_dir / f"{table}.md").write_text(table_markdown(title, frame, present))
@@ -194,7 +258,7 @@ def build_report(
         write_figure(out_dir / f"{figure}.png", names, results, reference)
         written[f"{figure}.png"] = out_dir / f"{figure}.png"
 
-    claims = evaluate_claims(results, n_bootstrap, n_bootstrap_fd, seed)
+    claims = evaluate_claims(results, n_bootstrap, n_bootstrap_fd, seed, outside)
     (out_dir / "claims.json").write_text(json.dumps(claims, indent=2) + "\n")
     (out_dir / "claims.md").write_text(claims_markdown(claims))
     written["claims.json"], written["claims.md"] = out_dir / "claims.json", out_dir / "claims.md"
@@ -222,6 +286,6 @@ def build_report(
     written["metrics.json"] = out_dir / "metrics.json"
     levels = texture_levels_markdown(resolution, *texture_widths) if resolution and texture_widths else None
     masks = training_masks_markdown(*training_masks) if training_masks else None
-    (out_dir / "README.md").write_text(report_page(out_dir, results, {"profile": profile}, levels, masks))
+    (out_dir / "README.md").write_text(report_page(out_dir, results, {"profile": profile}, levels, masks, claims))
     written["README.md"] = out_dir / "README.md"
     return written

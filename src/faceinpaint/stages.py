@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import PREVIOUS, CheckpointError
+from .checkpoint import PREVIOUS, CheckpointError, detach_links
 from .training import CURVE_FILE
 from .config import Config
 from .data import PREPARED_DIR, PreparedData, to_tensor_image, to_uint8_image, training_dataset
@@ -74,7 +74,10 @@ def upstream_files(cfg: Config, name: str) -> dict[str, Path]:
 
 # Options added after runs were trained: part of an identity only when switched on, so a run
 # from before the option existed keeps its identity (and its checkpoint) while the option is off.
-OFF_WHEN = {"stylegan.diffaugment": "", "stylegan.xflip": False}
+OFF_WHEN = {"stylegan.diffaugment": "", "stylegan.xflip": False,
+            # the texture loss's reading (faceinpaint.losses.texture_loss): the stored models' by default
+            "losses.texture.l1_reduction": "mean", "losses.texture.l1_region": "output",
+            "losses.texture.perceptual_region": "output"}
 
 
 def run_identity(cfg: Config, name: str) -> dict:
@@ -191,25 +194,39 @@ class FinalRunError(RuntimeError):
 
 
 def train_stage(cfg: Config, name: str, device="cpu") -> dict:
+    """Train ``name`` on ``device``, export it and write its metric and plot files. Under
+    torchrun (``WORLD_SIZE`` processes) the section's ``batch_size`` is each process's batch, so
+    the global batch is ``batch_size x WORLD_SIZE`` (:func:`faceinpaint.config.check_batches`),
+    and only rank 0 exports and writes."""
+    import os
+
+    from .config import check_batches
     from .training import TrainResult, run_digest, train
 
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    check_batches(cfg.params, world, str(cfg.source))
     params = run_identity(cfg, name)
     recipe = make_recipe(cfg, name)
     p = _section(cfg, name)
     model_dir = MODELS_DIR / name
     out_dir = _only_current_run(model_dir, name, run_digest(params)[:12])
+    detach_links(model_dir)  # files linked to the DVC cache and store/ are never written in place
     max_steps = cfg.profile.max_steps(name)
     if (out_dir / FINAL_FILE).is_file():  # finished: its export is the model, its state is gone
         _check_final(out_dir, model_dir / MODELS[name].export_file, max_steps)
         result = TrainResult(**json.loads((out_dir / "progress.json").read_text()))
         return _write_train_outputs(cfg, name, result, out_dir)
+    _check_state(out_dir, name)
     result = train(
         recipe, training_dataset(cfg), out_dir,
-        batch_size=p.batch_size, max_steps=max_steps, max_minutes=p.max_minutes, seed=cfg.seed,
+        batch_size=p.batch_size * world, max_steps=max_steps, max_minutes=p.max_minutes, seed=cfg.seed,
         log_every=p.log_every, checkpoint_every=p.checkpoint_every, sample_every=p.sample_every,
         num_workers=p.num_workers, params=params, stage=f"train@{name}" if name not in ("stylegan", "structure") else name,
-        device=device,
+        device=device, deterministic=cfg.runtime.deterministic, runtime=cfg.runtime,
     )
+    if int(os.environ.get("RANK", "0")) != 0:  # rank 0 exports and writes the stage's files
+        return {"steps": result.step, "images_seen": result.images_seen, "train_time_s": result.elapsed_s,
+                "stopped_by": result.stopped_by}
     modules = trained_modules(recipe, out_dir, device)
     # the newest checkpoint just loaded and verified: the older one would only double the store
     (out_dir / "checkpoints" / PREVIOUS).unlink(missing_ok=True)
@@ -235,6 +252,26 @@ def _write_train_outputs(cfg: Config, name: str, result, out_dir: Path) -> dict:
     write_loss_plot(out_dir / "stats.jsonl", PLOTS_DIR / f"train_{name}.csv")
     write_curve_plot(out_dir / CURVE_FILE, PLOTS_DIR / f"curve_{name}.csv")
     return metrics
+
+
+class TrainingStateMissing(FinalRunError):
+    """A run that has trained (its ``progress.json`` is there) lacks its training state."""
+
+
+def _check_state(out_dir: Path, name: str) -> None:
+    """Refuse to continue a run whose training state is gone: training would restart it at step 0
+    over its logs and curve."""
+    from .checkpoint import LATEST
+
+    progress = out_dir / "progress.json"
+    ckpts = out_dir / "checkpoints"
+    if progress.is_file() and not (ckpts / LATEST).is_file() and not (ckpts / PREVIOUS).is_file():
+        step = json.loads(progress.read_text()).get("step")
+        stage = name if name in ("stylegan", "structure") else f"train@{name}"
+        raise TrainingStateMissing(
+            f"{ckpts / LATEST}: the training state of {name!r} (run {out_dir.name}, step {step}) is missing; continuing "
+            f"the run needs it: `python scripts/store.py pull` brings every stored training state from store/ "
+            f"(or `dvc pull {stage}`), or delete {out_dir} to train afresh")
 
 
 def _check_final(out_dir: Path, export: Path, max_steps: int) -> dict:

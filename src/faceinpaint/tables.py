@@ -105,8 +105,18 @@ def _caption(results: Sequence[EvalResult]) -> list[str]:
         f"ID sim: cosine of `{ref['backbones']['id']}` embeddings of composite and original. It is the same network "
         f"as the ID loss of the structure reconstructor (PAPER.md sec. 2), so models trained with that loss "
         f"(Ours, Variant 2) are scored by the network they were optimised against.",
+        "PSNR (hole): the same PSNR on the hole's pixels only, 10 log10(1 / MSE over the hole's pixels and channels) "
+        "(`faceinpaint.metrics.psnr_hole`); L1 (hole): mean absolute error over the hole's pixels and channels on "
+        "the [0, 1] scale (`faceinpaint.metrics.mean_abs_error`). Both score the composite, whose known pixels are "
+        "the original's.",
         "Training: images shown and wall time of every training stage the model depends on.",
     ]
+    lines += fd_provenance_lines(results)
+    if any(r.summary.get("external") for r in results):
+        lines.append("Rows marked (external): methods outside the code base, scored from their predictions for the "
+                     "exported benchmark (`faceinpaint benchmark export`, `faceinpaint evaluate --predictions`; "
+                     "params `external_methods`) on the same images, masks and metric code; their known pixels are "
+                     "replaced by the originals' before scoring. They are not the paper's.")
     for what, get in (
         ("resolution", lambda r: r.summary["resolution"]),
         ("test images", lambda r: r.square_rows()["image_id"].tolist()),
@@ -119,10 +129,27 @@ def _caption(results: Sequence[EvalResult]) -> list[str]:
     return lines
 
 
-def table_frame(names: Sequence[str], results: dict[str, EvalResult | None], eval_names: Mapping[str, str]) -> pd.DataFrame:
-    """One row per model (``names`` then the classical row): our numbers beside the paper's."""
+def fd_provenance_lines(results: Sequence[EvalResult]) -> list[str]:
+    """Under the FD columns: what each FD was measured with (``fd_provenance`` of the summaries;
+    one line per distinct measurement, the models it covers named when they differ)."""
+    groups: dict[str, list[str]] = {}
+    for r in results:
+        for key, p in r.summary.get("fd_provenance", {}).items():
+            weights = f"`{p['weights_sha256'][:16]}...`" if p.get("weights_sha256") else "unknown"
+            resize = f"{p['resize']['size']}x{p['resize']['size']} ({p['resize']['filter']})" if p.get("resize") else "unknown"
+            text = (f"`{key}`: backbone `{p['backbone']}`, weights sha256 {weights}, {p['n_images']} images, "
+                    f"resized to {resize}, input range [{p['input_range'][0]:g}, {p['input_range'][1]:g}]")
+            groups.setdefault(text, []).append(r.display)
+    n = len(results)
+    return [f"FD provenance, {text}" + ("" if len(who) == n else f" (for {', '.join(who)})") for text, who in groups.items()]
+
+
+def table_frame(names: Sequence[str], results: dict[str, EvalResult | None], eval_names: Mapping[str, str],
+                external: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per model (``names`` then the classical row, then the ``external`` methods'
+    display names, marked ``external``): our numbers beside the paper's."""
     records = []
-    for display in dict.fromkeys((*names, CLASSICAL)):
+    for display in dict.fromkeys((*names, CLASSICAL, *external)):
         r = results.get(display)
         paper = PAPER_NUMBERS.get(display, {})
         record = {
@@ -145,6 +172,9 @@ def table_frame(names: Sequence[str], results: dict[str, EvalResult | None], eva
             "images_seen": sum(int(f["images_seen"]) for f in r.summary["training"].values()) if r else 0,
             "train_time_s": sum(float(f["train_time_s"]) for f in r.summary["training"].values()) if r else 0.0,
             "training": training_text(r.summary["training"]) if r else "",
+            "psnr_hole": float(r.summary.get("psnr_hole", math.nan)) if r else math.nan,
+            "hole_l1": float(r.summary.get("hole_l1", math.nan)) if r else math.nan,
+            "external": display in external,
         }
         records.append(record)
     return pd.DataFrame(records)
@@ -152,17 +182,19 @@ def table_frame(names: Sequence[str], results: dict[str, EvalResult | None], eva
 
 def table_markdown(title: str, frame: pd.DataFrame, results: Sequence[EvalResult]) -> str:
     header = ["Model", "PSNR", "PSNR (paper)", "SSIM", "SSIM (paper)", "FD", "FID (paper)", "FD (face)", "LPIPS", "ID sim",
-              "Training"]
+              "PSNR (hole)", "L1 (hole)", "Training"]
     rows = []
     for rec in frame.to_dict("records"):
+        name = f"{rec['model']} (external)" if rec.get("external") else rec["model"]
         if rec["status"] == NOT_RUN:
-            rows.append([rec["model"], NOT_RUN, fmt(rec["psnr_paper"], 3), NOT_RUN, fmt(rec["ssim_paper"], 3), NOT_RUN,
-                         fmt(rec["fid_paper"], 3), NOT_RUN, NOT_RUN, NOT_RUN, "—"])
+            rows.append([name, NOT_RUN, fmt(rec["psnr_paper"], 3), NOT_RUN, fmt(rec["ssim_paper"], 3), NOT_RUN,
+                         fmt(rec["fid_paper"], 3), NOT_RUN, NOT_RUN, NOT_RUN, NOT_RUN, NOT_RUN, "—"])
             continue
         rows.append([
-            rec["model"], fmt(rec["psnr"], 3), fmt(rec["psnr_paper"], 3), fmt(rec["ssim"], 4), fmt(rec["ssim_paper"], 3),
+            name, fmt(rec["psnr"], 3), fmt(rec["psnr_paper"], 3), fmt(rec["ssim"], 4), fmt(rec["ssim_paper"], 3),
             fmt(rec["fd"], 3), fmt(rec["fid_paper"], 3), fmt(rec["fd_face"], 5), fmt(rec["lpips"], 4), fmt(rec["id_sim"], 4),
-            rec["training"],
+            fmt(rec.get("psnr_hole"), 3), fmt(rec.get("hole_l1"), 4),
+            "external method" if rec.get("external") else rec["training"],
         ])
     caption = "\n".join(f"- {line}" for line in _caption(results))
     return f"# {title}\n\n{caption}\n\n{markdown_table(header, rows)}\n"

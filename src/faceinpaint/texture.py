@@ -360,11 +360,15 @@ def perceptual_loss(perceptual_net: nn.Module, output: Tensor, target: Tensor) -
     taken relative to the target's feature energy per layer and averaged over layers: raw
     feature magnitudes differ by orders of magnitude between backbones (VGG16, the
     EfficientNet-Lite0 substitute) and layers, and the paper's weight 10 beside 100 x L1 only
-    keeps its meaning on a scale-free term. The target's features carry no gradient.
+    keeps its meaning on a scale-free term. The target's features carry no gradient. Under DDP
+    each process divides by the mean over processes of its target energy, so that the averaged
+    gradients are those of one process on the global batch (in one process: its own energy).
     """
+    from .training import distributed_mean
+
     with torch.no_grad():
         target_features = perceptual_net(target)
-    terms = [(out - tgt).square().sum() / tgt.square().sum().clamp_min(1e-12)
+    terms = [(out - tgt).square().sum() / distributed_mean(tgt.square().sum()).clamp_min(1e-12)
              for out, tgt in zip(perceptual_net(output), target_features, strict=True)]
     return torch.stack(terms).mean()
 

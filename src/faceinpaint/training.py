@@ -28,8 +28,10 @@ updates). :func:`train` owns everything else:
       torchrun --standalone --nproc-per-node=8 --no-python faceinpaint train full    # one 8-GPU node
 
   Two processes reproduce the loss curve of one with the same global batch (tests/test_training.py).
-  On CPU, batch-norm statistics are per process (``SyncBatchNorm`` needs CUDA; on CUDA the
-  trainable modules' batch norms are converted to it).
+  The trainable modules' batch norms normalise with the global batch's statistics
+  (``SyncBatchNorm`` on CUDA, :class:`ProcessGroupBatchNorm2d` on the CPU), and
+  ``batch_size`` here is the global batch (``faceinpaint.stages`` passes per-process batch x
+  processes).
 
 Layout of ``out_dir``: ``checkpoints/{latest,previous}.pt``, ``stats.jsonl``, ``timing.jsonl``,
 ``samples/step_NNNNNNN.png``, ``progress.json`` (how far the run got; :class:`TrainResult`).
@@ -55,6 +57,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -118,6 +121,8 @@ class Recipe(ABC):
     * ``ema`` (mapping ``ema_name -> EmaSpec``): moving averages the loop keeps of trainable
       modules; it creates them (a copy of the source after :meth:`build`), updates them after
       every step, checkpoints them, and passes them in ``modules[ema_name]``.
+    * ``double_backward`` (tuple of str): trainable modules a loss differentiates twice through
+      (gradient penalties); ``runtime.compile`` leaves them eager.
 
     The loop never calls ``.train()`` / ``.eval()``; the recipe sets the modes it needs.
     """
@@ -125,6 +130,7 @@ class Recipe(ABC):
     name: str
     trainable: tuple[str, ...]
     ema: Mapping[str, EmaSpec] = MappingProxyType({})
+    double_backward: tuple[str, ...] = ()
 
     @abstractmethod
     def build(self, device: torch.device) -> dict[str, nn.Module]:
@@ -187,15 +193,127 @@ def make_ema(module: nn.Module) -> nn.Module:
 @torch.no_grad()
 def update_ema(ema: nn.Module, source: nn.Module, decay: float) -> None:
     """``ema = decay * ema + (1 - decay) * source`` for parameters; buffers (e.g. batch-norm
-    statistics) are copied, since averaging running statistics has no meaning."""
+    statistics) are copied, since averaging running statistics has no meaning. One foreach
+    ``lerp_`` over all parameters and one foreach ``copy_`` over all buffers (a few kernel
+    launches on a GPU instead of one per tensor; on the CPU the same per-tensor arithmetic, bit
+    for bit, tests/test_fastpath.py)."""
     source = unwrap(source)
-    for p_ema, p in zip(ema.parameters(), source.parameters(), strict=True):
-        p_ema.lerp_(p.detach(), 1.0 - decay)
-    for b_ema, b in zip(ema.buffers(), source.buffers(), strict=True):
-        b_ema.copy_(b)
+    ema_params, params = list(ema.parameters()), [p.detach() for p in source.parameters()]
+    if len(ema_params) != len(params):
+        raise ValueError(f"EMA has {len(ema_params)} parameters, its source {len(params)}")
+    if ema_params:
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+    ema_buffers, buffers = list(ema.buffers()), list(source.buffers())
+    if len(ema_buffers) != len(buffers):
+        raise ValueError(f"EMA has {len(ema_buffers)} buffers, its source {len(buffers)}")
+    if ema_buffers:
+        torch._foreach_copy_(ema_buffers, buffers)
+
+
+# ------------------------------------------------------------------------------- fast paths
+
+
+def _runtime_value(runtime: Any, key: str, default: Any) -> Any:
+    return default if runtime is None else getattr(runtime, key)
+
+
+def apply_runtime(modules: dict[str, nn.Module], names: Sequence[str], runtime: Any, ema_names: Sequence[str] = (),
+                  eager: Sequence[str] = ()) -> None:
+    """Put the modules ``names`` (and their EMA copies ``ema_names``, so that the EMA's foreach
+    update sees one layout) in channels-last memory format and compile the forward of ``names``
+    (``nn.Module.compile``: in place, so state-dict keys, attributes and DDP wrapping are those
+    of the eager module), as ``runtime`` says; nothing when its fast paths are off. Modules in
+    ``eager`` (a recipe's ``double_backward``: ``torch.compile`` does not support a backward
+    through a backward, which R1, the path-length and the WGAN gradient penalties take) stay
+    uncompiled, and the log says so."""
+    channels_last = _runtime_value(runtime, "channels_last", False)
+    mode = _runtime_value(runtime, "compile", "off")
+    for name in (*names, *ema_names) if channels_last else ():
+        for tensor in (*modules[name].parameters(), *modules[name].buffers()):
+            if tensor.ndim == 4:  # 4-D only (``Module.to`` refuses StyleGAN2's 5-D modulated weights)
+                tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    for name in names if mode != "off" else ():
+        if name in eager:
+            log.info("compile %s: %s stays eager (its loss takes a double backward, which torch.compile does not support)",
+                     mode, name)
+            continue
+        modules[name].compile(mode=mode)
+
+
+def step_context(runtime: Any, device: torch.device):
+    """The context of one training step: bf16 autocast on ``device`` for ``precision: bf16``
+    (weights, gradients and optimiser states stay fp32; the recipes' backward passes run inside
+    it on the dtypes autocast chose forward), else nothing."""
+    if _runtime_value(runtime, "precision", "fp32") == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_channels_last(batch: Any) -> Any:
+    """4-D tensors of a batch (images, masks) in channels-last memory format; others unchanged."""
+    if isinstance(batch, torch.Tensor):
+        return batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch
+    if isinstance(batch, Mapping):
+        return {k: to_channels_last(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_channels_last(v) for v in batch)
+    return batch
 
 
 # ---------------------------------------------------------------------- distributed helpers
+
+
+class ProcessGroupBatchNorm2d(nn.BatchNorm2d):
+    """``BatchNorm2d`` whose training-mode statistics are those of the global batch over every
+    process of the group (``nn.SyncBatchNorm`` for the CPU, which it does not support; gloo).
+
+    Sums and sums of squares per channel and the element count are all-reduced with autograd
+    (``torch.distributed.nn.functional.all_reduce``), so the gradient is that of one process
+    normalising the whole batch. The variance is ``E[x^2] - E[x]^2`` (one fp64 reduction), which
+    differs from a one-process ``BatchNorm2d`` by rounding only. The running statistics get the
+    global mean and unbiased variance, so every process holds the same ones. Outside training
+    mode, or in one process, it is ``BatchNorm2d``."""
+
+    @classmethod
+    def convert(cls, module: nn.Module) -> nn.Module:
+        """``module`` with every plain ``BatchNorm2d`` replaced by this class (same state)."""
+        if type(module) is nn.BatchNorm2d:
+            new = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
+                      device=module.weight.device if module.affine else None)
+            new.load_state_dict(module.state_dict())
+            new.train(module.training)
+            if module.affine:
+                new.weight.requires_grad_(module.weight.requires_grad)
+                new.bias.requires_grad_(module.bias.requires_grad)
+            return new
+        for name, child in module.named_children():
+            setattr(module, name, cls.convert(child))
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        x64 = x.double()
+        local = torch.cat([x64.sum((0, 2, 3)), x64.square().sum((0, 2, 3)),
+                           x64.new_tensor([x.numel() // x.shape[1]])])
+        total = all_reduce(local)
+        c = self.num_features
+        count = total[2 * c]
+        mean = total[:c] / count
+        var = (total[c:2 * c] / count - mean.square()).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+                self.running_var.lerp_((var * count / (count - 1).clamp_min(1)).to(self.running_var.dtype), momentum)
+        scale = torch.rsqrt(var + self.eps).to(x.dtype)
+        out = (x - mean.to(x.dtype)[None, :, None, None]) * scale[None, :, None, None]
+        if self.affine:
+            out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return out
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -416,10 +534,26 @@ class _LossWindow:
             self.counts[k] = self.counts.get(k, 0) + 1
         self.steps += 1
 
+    def add_on_device(self, losses: Mapping[str, float | torch.Tensor]) -> None:
+        """:meth:`add` without reading the losses: tensors are summed where they are, in
+        float64 (the same IEEE additions as :meth:`add` on their float values, so the means are
+        bit for bit the same), until :meth:`materialize`."""
+        for k, v in losses.items():
+            v = v.detach().double() if isinstance(v, torch.Tensor) else float(v)
+            self.sums[k] = self.sums.get(k, 0.0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
+        self.steps += 1
+
+    def materialize(self) -> None:
+        """Read the sums kept on the device (one host sync)."""
+        self.sums = {k: float(v) for k, v in self.sums.items()}
+
     def means(self) -> dict[str, float]:
+        self.materialize()
         return {k: self.sums[k] / self.counts[k] for k in sorted(self.sums)}
 
     def state_dict(self) -> dict[str, Any]:
+        self.materialize()
         return {"sums": dict(self.sums), "counts": dict(self.counts), "steps": self.steps}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -487,11 +621,35 @@ def _determinism(enabled: bool, device: torch.device) -> Iterator[None]:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     try:
-        yield
+        with warnings.catch_warnings():
+            if enabled:  # name every op that has no deterministic kernel in the run's log, once
+                warnings.showwarning = _log_nondeterministic(warnings.showwarning)
+            yield
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
+
+
+def _log_nondeterministic(show):
+    """A ``warnings.showwarning`` that logs torch's "does not have a deterministic
+    implementation" warnings once per op (the ops a deterministic run cannot repeat) and passes
+    every other warning to ``show``."""
+    seen: set[str] = set()
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        text = str(message)
+        if "deterministic" in text:
+            op = text.split(" does not have")[0]
+            if op not in seen:
+                seen.add(op)
+                log.warning("deterministic run: %s has no deterministic implementation; this op may not repeat bit for bit", op)
+            return
+        show(message, category, filename, lineno, file, line)
+
+    return showwarning
 
 
 def _peak_rss_mib() -> float:
@@ -562,6 +720,8 @@ def train(
     device: str | torch.device | None = None,
     deterministic: bool = True,
     curve_first: int = 2000,
+    runtime: Any = None,
+    defer_sync: bool | None = None,
 ) -> TrainResult:
     """Train ``recipe`` on ``dataset`` into ``out_dir``, resuming from its newest checkpoint.
 
@@ -591,11 +751,20 @@ def train(
             ``checkpoint_minutes``, ``sample_every``, ``sample_count``, ``num_workers``).
         stage: MLflow stage name (default: ``recipe.name``).
         device: default CUDA (``cuda:LOCAL_RANK``) if available, else CPU.
-        deterministic: ``torch.use_deterministic_algorithms`` (warn-only) and deterministic
-            cuDNN for the duration of the call.
+        deterministic: ``torch.use_deterministic_algorithms`` (warn-only; each op without a
+            deterministic kernel is named once in the log) and deterministic cuDNN for the
+            duration of the call; ``False`` on CUDA: ``cudnn.benchmark``.
         curve_first: images shown at the first learning-curve point (``Recipe.curve_point``),
             then at each doubling (:func:`curve_budgets`); points go to ``curve.jsonl`` and MLflow.
             0: none.
+        runtime: the fast paths (``faceinpaint.config.RuntimeParams``: ``precision``,
+            ``channels_last``, ``compile``); ``None`` or all off: fp32 eager, today's numerics.
+            Not part of the run's identity: a run may resume with other settings.
+        defer_sync: keep each step's losses on the device and read them (and check them for
+            NaN/inf) only every ``log_every`` steps and before every checkpoint, so that a step
+            never waits for the host; a non-finite loss is then reported for the window of
+            steps since the last log line, still before anything is saved. Default (``None``):
+            on for one CUDA process, off otherwise (the logged values are the same bit for bit).
 
     Raises:
         NonFiniteLossError: a loss became NaN/inf (nothing is saved after the last good step).
@@ -611,7 +780,8 @@ def train(
                                max_images=max_images, max_minutes=max_minutes, seed=seed, log_every=log_every,
                                checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
                                sample_every=sample_every, sample_count=sample_count, num_workers=num_workers,
-                               params=_plain(params), stage=stage or recipe.name, curve_first=curve_first)
+                               params=_plain(params), stage=stage or recipe.name, curve_first=curve_first,
+                               runtime=runtime, defer_sync=defer_sync)
             return run.run()
     finally:
         if procs.owns_group:
@@ -623,7 +793,7 @@ class _TrainingRun:
 
     def __init__(self, recipe: Recipe, dataset: Dataset, out_dir: Path, procs: _Processes, *, batch_size: int,
                  max_steps, max_images, max_minutes, seed, log_every, checkpoint_every, checkpoint_minutes,
-                 sample_every, sample_count, num_workers, params, stage, curve_first=0):
+                 sample_every, sample_count, num_workers, params, stage, curve_first=0, runtime=None, defer_sync=None):
         if batch_size % procs.world_size:
             raise ValueError(f"batch_size {batch_size} is not divisible by the {procs.world_size} processes")
         if len(dataset) < batch_size:
@@ -639,14 +809,23 @@ class _TrainingRun:
         _seed_all(seed + procs.rank)
         self.modules = dict(recipe.build(self.device))
         self._check_names()
-        if procs.world_size > 1 and self.device.type == "cuda":
+        if procs.world_size > 1:  # batch statistics of the global batch, as one process would see
             for name in recipe.trainable:
-                self.modules[name] = nn.SyncBatchNorm.convert_sync_batchnorm(self.modules[name])
+                self.modules[name] = (nn.SyncBatchNorm.convert_sync_batchnorm(self.modules[name]) if self.device.type == "cuda"
+                                      else ProcessGroupBatchNorm2d.convert(self.modules[name]))
         for name, spec in recipe.ema.items():
             self.modules[name] = make_ema(self.modules[spec.source])
         self.optimizers = dict(recipe.optimizers(self.modules))
         self.schedulers = dict(recipe.schedulers(self.optimizers))
         self.saved_modules = (*recipe.trainable, *recipe.ema)
+        self.runtime = runtime
+        self.channels_last = bool(_runtime_value(runtime, "channels_last", False))
+        if defer_sync is None:
+            defer_sync = self.device.type == "cuda" and procs.world_size == 1
+        if defer_sync and procs.world_size > 1:
+            raise ValueError("defer_sync needs one process (several agree on stopping through a per-step reduction)")
+        self.defer_sync = defer_sync
+        apply_runtime(self.modules, recipe.trainable, runtime, ema_names=tuple(recipe.ema), eager=recipe.double_backward)
 
         self.stream = _BatchStream(dataset, batch_size, procs, seed, num_workers)
         self.window = _LossWindow()
@@ -730,6 +909,8 @@ class _TrainingRun:
             log.info("%s: resuming from %s at step %d (%d images seen)", r.name, path, self.step, self.images_seen)
 
     def _save(self) -> None:
+        if self.defer_sync:
+            self._check_window_finite()
         rng = capture_rng_state()
         if self.procs.world_size > 1:
             every_rng: list[Any] = [None] * self.procs.world_size
@@ -808,11 +989,30 @@ class _TrainingRun:
                                  f"(train_step step={self.step - 1}, {self.images_seen} images seen): {terms}. "
                                  f"Training stopped without saving; {kept}.")
 
+    def _check_window_finite(self) -> None:
+        """With deferred reads: the window's sums are finite (a NaN or inf of any step in it
+        propagates into its sum), else :class:`NonFiniteLossError` naming the window's steps."""
+        if not self.window.steps:
+            return
+        means = self.window.means()
+        bad = {k: v for k, v in means.items() if not math.isfinite(v)}
+        if not bad:
+            return
+        first = self.step - self.window.steps + 1
+        terms = ", ".join(f"{k}={v}" for k, v in bad.items())
+        kept = ("no checkpoint had been written yet" if self.last_checkpoint is None else
+                f"the last good checkpoint, {self.last_checkpoint[0]} (step {self.last_checkpoint[1]}), is kept")
+        raise NonFiniteLossError(f"model {self.recipe.name!r}: non-finite loss in steps {first}..{self.step} "
+                                 f"(losses are read every log_every steps on this device; {self.images_seen} images seen): "
+                                 f"window means {terms}. Training stopped without saving; {kept}.")
+
     def _update_ema(self) -> None:
         for name, spec in self.recipe.ema.items():
             update_ema(self.modules[name], self.modules[spec.source], spec.decay(self.batch_size, self.images_seen))
 
     def _log(self, end_of_run: bool = False) -> None:
+        if self.defer_sync:
+            self._check_window_finite()
         means = self.window.means()
         clash = _RESERVED_STATS_KEYS.intersection(means) | {k for k in means if k.startswith("lr/")}
         if clash:
@@ -924,17 +1124,24 @@ class _TrainingRun:
         with run_context, _StopSignals() as signals:
             while True:
                 batch = _to_device(self.stream.next(), self.device)
-                losses = self.recipe.train_step(self.step_modules, self.optimizers, batch, self.step)
+                if self.channels_last:
+                    batch = to_channels_last(batch)
+                with step_context(self.runtime, self.device):
+                    losses = self.recipe.train_step(self.step_modules, self.optimizers, batch, self.step)
                 for scheduler in self.schedulers.values():
                     scheduler.step()
                 self.step += 1
                 self.images_seen += self.batch_size
                 self._update_ema()
                 checkpoint_due = self.checkpoint_minutes is not None and time.monotonic() - self.last_save_time >= 60.0 * self.checkpoint_minutes
-                losses, (interrupted, time_up, checkpoint_due) = self._reduce(
-                    losses, [signals.received is not None, self._time_up(), checkpoint_due])
-                self._check_finite(losses)
-                self.window.add(losses)
+                if self.defer_sync:  # no host sync: the losses stay on the device until log_every
+                    interrupted, time_up = signals.received is not None, self._time_up()
+                    self.window.add_on_device(losses)
+                else:
+                    losses, (interrupted, time_up, checkpoint_due) = self._reduce(
+                        losses, [signals.received is not None, self._time_up(), checkpoint_due])
+                    self._check_finite(losses)
+                    self.window.add(losses)
                 self.window_steps_here += 1
                 if self.step % self.log_every == 0:
                     self._log()
