@@ -36,6 +36,23 @@ def test_check_files(tmp_path):
         check(tmp_path / "missing.json", tmp_path / "base.json")
 
 
+def test_a_new_metric_fails_against_this_kinds_own_baseline_and_not_against_another_kinds(tmp_path):
+    from faceinpaint.regression import numerics_kind
+
+    current = {"m": {"psnr": 30.0, "psnr_hole": 15.0}}
+    (tmp_path / "run.json").write_text(json.dumps(current))
+    for kind, fails in ((numerics_kind(), True), ("OtherVendor-AVX9-f1m1", False), (None, False)):
+        doc = {"metrics": {"m": {"psnr": 30.0}}, **({"numerics_kind": kind} if kind else {})}
+        (tmp_path / "base.json").write_text(json.dumps(doc))
+        ok, table = check(tmp_path / "run.json", tmp_path / "base.json")
+        assert ok is not fails and "m.psnr_hole" in table and "NEW" in table, kind
+    # a changed or missing metric fails against any kind's baseline
+    (tmp_path / "base.json").write_text(json.dumps({"metrics": {"m": {"psnr": 31.0, "ssim": 0.9}},
+                                                     "numerics_kind": "OtherVendor-AVX9-f1m1"}))
+    ok, table = check(tmp_path / "run.json", tmp_path / "base.json")
+    assert not ok and "CHANGED" in table and "MISSING" in table
+
+
 def test_baseline_path_takes_this_cpu_kinds_file_when_there_is_one(tmp_path):
     import torch
 
