@@ -134,16 +134,9 @@ def _weights(path: Path) -> dict:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The scratch project, the 1-process runs (in this process) and the 2-process runs (torchrun)."""
-    from conftest import require_data
-    from faceinpaint.config import parse_params
-    from test_recipes import one_step_each
+    from test_recipes import one_step_each, smoke_project
 
-    require_data()
-    work = tmp_path_factory.mktemp("ddp")
-    (work / "data").symlink_to(ROOT / "data")
-    raw = overrides(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    (work / "params.yaml").write_text(yaml.safe_dump(raw))
-    cfg = parse_params(raw)
+    work, cfg = smoke_project(tmp_path_factory, "ddp", overrides)
     old, threads = os.getcwd(), torch.get_num_threads()
     torch.set_num_threads(1)
     os.chdir(work)

@@ -36,10 +36,8 @@ import os
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from conftest import ROOT, require_data
-from faceinpaint.config import RuntimeParams, parse_params
+from faceinpaint.config import RuntimeParams
 from faceinpaint.data import TrainingDataset
 from faceinpaint.recipes import make_recipe
 from faceinpaint.training import apply_runtime, make_ema, step_context, to_channels_last, unwrap, update_ema
@@ -62,15 +60,9 @@ RUNTIMES = {"channels_last": RuntimeParams(channels_last=True), "bf16": RuntimeP
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A scratch smoke project with every model exported after one step, and a batch of 4."""
-    from test_recipes import one_step_each, photos
+    from test_recipes import one_step_each, photos, smoke_project
 
-    require_data()
-    work = tmp_path_factory.mktemp("fastpath")
-    (work / "data").symlink_to(ROOT / "data")
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["profile"] = "smoke"
-    (work / "params.yaml").write_text(yaml.safe_dump(raw))
-    cfg = parse_params(raw)
+    work, cfg = smoke_project(tmp_path_factory, "fastpath")
     old, threads = os.getcwd(), torch.get_num_threads()
     torch.set_num_threads(1)
     os.chdir(work)

@@ -51,17 +51,22 @@ def one_step_each(cfg) -> tuple[dict, dict]:
     return batch, losses
 
 
+def smoke_project(tmp_path_factory, name: str, edit=lambda raw: dict(raw, profile="smoke")):
+    """A scratch project folder (the real data linked in) with ``edit(params.yaml)`` written as
+    its params (default: the smoke profile); returns ``(folder, config)``."""
+    require_data()
+    work = tmp_path_factory.mktemp(name)
+    (work / "data").symlink_to(ROOT / "data")
+    raw = edit(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    (work / "params.yaml").write_text(yaml.safe_dump(raw))
+    return work, parse_params(raw)
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A scratch project: smoke params, the real data, and every model exported after one
     real training step on real photos (the structure and texture models need their upstream)."""
-    require_data()
-    work = tmp_path_factory.mktemp("project")
-    (work / "data").symlink_to(ROOT / "data")
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["profile"] = "smoke"
-    (work / "params.yaml").write_text(yaml.safe_dump(raw))
-    cfg = parse_params(raw)
+    work, cfg = smoke_project(tmp_path_factory, "project")
     old = os.getcwd()
     os.chdir(work)
     try:
